@@ -1,0 +1,1 @@
+"""batchexec: a concurrent.futures Executor whose workers are AWS Batch jobs."""

@@ -1,0 +1,146 @@
+"""Boto3 clients for one executor or worker, configured once.
+
+Why a module of its own: every part (client, worker, launcher, stack commands, emulator
+tooling) must talk to the same endpoint with the same retry policy, and nothing else in the
+code may branch on "AWS or emulator". The only difference between the two is `endpoint_url`.
+
+Retries are botocore's own (`adaptive` mode: standard retries plus client-side rate limiting
+when the service throttles), never hand-written loops. Timeouts are explicit so that an
+unreachable endpoint is an error in seconds, not a hang, and the read timeout outlasts SQS's
+20 s long poll.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .errors import ConfigurationError, EndpointUnreachableError
+
+#: Longest SQS long poll (the service maximum). Read timeouts must exceed it.
+LONG_POLL_SECONDS = 20
+#: Connect timeout: short, so an unreachable endpoint fails fast instead of hanging.
+CONNECT_TIMEOUT = 5
+#: Read timeout: above LONG_POLL_SECONDS with margin for a slow response.
+READ_TIMEOUT = LONG_POLL_SECONDS + 15
+#: botocore retry attempts (first try included). Throttling and 5xx are retried with backoff.
+RETRY_ATTEMPTS = 8
+
+_DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def resolve_endpoint(endpoint_url: str | None) -> str | None:
+    """Explicit argument, then AWS_ENDPOINT_URL, else None (AWS itself)."""
+    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def resolve_region(region: str | None, endpoint_url: str | None) -> str:
+    """Explicit argument, then AWS_REGION / AWS_DEFAULT_REGION; an emulator defaults to us-east-1."""
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    if endpoint_url:
+        return "us-east-1"
+    session_region = boto3.session.Session().region_name
+    if session_region:
+        return session_region
+    raise ConfigurationError(
+        "no AWS region configured: pass region=..., or set AWS_REGION (e.g. us-east-1)"
+    )
+
+
+@dataclass
+class AwsClients:
+    """A boto3 session and lazily created, shared clients for one endpoint and region.
+
+    boto3 clients are thread-safe once created; creation is not, hence the lock.
+    """
+
+    region: str
+    endpoint_url: str | None = None
+    retry_mode: str = "adaptive"
+    retry_attempts: int = RETRY_ATTEMPTS
+    _session: boto3.session.Session = field(init=False, repr=False)
+    _clients: dict = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @classmethod
+    def resolve(cls, region: str | None = None, endpoint_url: str | None = None, **kw):
+        endpoint = resolve_endpoint(endpoint_url)
+        return cls(region=resolve_region(region, endpoint), endpoint_url=endpoint, **kw)
+
+    def __post_init__(self) -> None:
+        kwargs = {"region_name": self.region}
+        if self.endpoint_url and not _has_credentials():
+            kwargs.update(_DUMMY_CREDENTIALS)
+        self._session = boto3.session.Session(**kwargs)
+
+    def client(self, service: str):
+        with self._lock:
+            c = self._clients.get(service)
+            if c is None:
+                c = self._session.client(
+                    service, endpoint_url=self.endpoint_url, config=self.config()
+                )
+                self._clients[service] = c
+            return c
+
+    def config(self, **overrides) -> botocore.config.Config:
+        opts = dict(
+            retries={"mode": self.retry_mode, "max_attempts": self.retry_attempts},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            max_pool_connections=32,
+        )
+        opts.update(overrides)
+        return botocore.config.Config(**opts)
+
+    def check_reachable(self) -> None:
+        """One cheap call with few retries: a clear EndpointUnreachableError instead of a hang."""
+        sqs = self._session.client(
+            "sqs",
+            endpoint_url=self.endpoint_url,
+            config=self.config(retries={"mode": "standard", "max_attempts": 2}),
+        )
+        try:
+            sqs.list_queues(MaxResults=1)
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+        ) as exc:
+            raise EndpointUnreachableError(self.endpoint_url, str(exc)) from None
+        except botocore.exceptions.NoCredentialsError:
+            raise ConfigurationError(
+                "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or an "
+                "instance role), or run on the embedded emulator by unsetting BATCHEXEC_STACK"
+            ) from None
+
+    def worker_environment(self) -> dict[str, str]:
+        """What a worker needs to reach the same endpoint in the same region."""
+        env = {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
+        if self.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        return env
+
+
+def is_loopback(endpoint_url: str | None) -> bool:
+    host = urlparse(endpoint_url or "").hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _has_credentials() -> bool:
+    return boto3.session.Session().get_credentials() is not None
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError, else ''."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code", "")
+    return ""

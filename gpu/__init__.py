@@ -1,0 +1,1 @@
+"""gpu: OpenCL tile kernels and a tiled raster pipeline."""
