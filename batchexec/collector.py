@@ -1,0 +1,180 @@
+"""Threads that resolve futures: the result collector and the dead-letter watcher.
+
+Both poll only while some task is outstanding, so an idle executor makes no requests, and
+both claim a task through TaskTable.resolve, which hands each task id out once: a result
+delivered twice (a worker died after sending it, and the task ran again) is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from . import protocol
+from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
+from .protocol import ResultEntry, ResultMessage, TaskMessage, WorkerEvent
+from .serialization import loads
+from .tasks import TaskTable
+from .transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
+
+log = logging.getLogger(__name__)
+
+#: Consecutive failed polls (each already retried by botocore) before the executor gives up.
+MAX_POLL_FAILURES = 5
+#: A dead-lettered message of another live session is hidden from us this long, so its owner
+#: can claim it and we do not receive it over and over.
+FOREIGN_HIDE_SECONDS = 30
+#: ... and of a session that has ended, this long (SQS's maximum, 12 hours): it stays in the
+#: queue for operators to inspect until its retention period ends.
+ENDED_HIDE_SECONDS = 43200
+
+BreakHandler = Callable[[BaseException], None]
+
+
+class ResultCollector(threading.Thread):
+    def __init__(
+        self,
+        table: TaskTable,
+        queue: MessageQueue,
+        store: PayloadStore,
+        session: str,
+        on_broken: BreakHandler,
+    ):
+        super().__init__(name="batchexec-collector", daemon=True)
+        self.table = table
+        self.queue = queue
+        self.store = store
+        self.session = session
+        self.on_broken = on_broken
+
+    def run(self) -> None:
+        failures = 0
+        while self.table.wait_for_work():
+            try:
+                received = self.queue.receive()
+                failures = 0
+            except QueueGone as exc:
+                self.on_broken(WorkersUnavailableError(f"the session's result queue is gone: {exc}"))
+                return
+            except TransportError as exc:
+                failures += 1
+                log.warning("polling for results failed (%d/%d): %s", failures,
+                            MAX_POLL_FAILURES, exc)
+                if failures >= MAX_POLL_FAILURES:
+                    self.on_broken(WorkersUnavailableError(f"cannot receive results: {exc}"))
+                    return
+                continue
+            for message in received:
+                self._handle(message)
+            if received:
+                try:
+                    self.queue.delete(m.receipt for m in received)
+                except TransportError as exc:  # they will be seen again and ignored as duplicates
+                    log.warning("deleting result messages failed: %s", exc)
+
+    def _handle(self, message: Received) -> None:
+        try:
+            msg = protocol.decode(message.body)
+        except protocol.ProtocolError as exc:
+            log.warning("ignoring an unreadable message on the result queue: %s", exc)
+            return
+        if msg.session != self.session:
+            log.warning("ignoring a message of session %s on our result queue", msg.session)
+        elif isinstance(msg, ResultMessage):
+            for entry in msg.results:
+                self._resolve(entry)
+        elif isinstance(msg, WorkerEvent) and msg.event == WorkerEvent.INITIALIZER_FAILED:
+            cause = None
+            if msg.error is not None:
+                try:
+                    cause = loads(msg.error, "initializer's exception").rebuild()
+                except SerializationError as exc:
+                    cause = exc
+            error = WorkersUnavailableError(
+                f"the initializer raised in worker {msg.worker}: "
+                f"{type(cause).__name__}: {cause}; no task can run (see the cause above)"
+            )
+            error.__cause__ = cause
+            self.on_broken(error)
+
+    def _resolve(self, entry: ResultEntry) -> None:
+        record = self.table.resolve(entry.task_id, entry.seconds)
+        if record is None:
+            return  # a duplicate: the task was already resolved
+        try:
+            data = self.store.get(entry.ref) if entry.ref else entry.data
+            value = loads(data, f"result of task {entry.task_id} ({record.label})")
+        except (SerializationError, TransportError) as exc:
+            record.future.set_exception(exc)
+            return
+        if entry.ok:
+            record.future.set_result(value)
+        else:
+            record.future.set_exception(value.rebuild())
+
+
+class DeadLetterWatcher(threading.Thread):
+    """Fails the futures of this session's tasks that reached the stack's dead-letter queue."""
+
+    def __init__(
+        self,
+        table: TaskTable,
+        queue: MessageQueue,
+        session: str,
+        max_attempts: int,
+        session_alive: Callable[[str], bool],
+    ):
+        super().__init__(name="batchexec-dead-letters", daemon=True)
+        self.table = table
+        self.queue = queue
+        self.session = session
+        self.max_attempts = max_attempts
+        self.session_alive = session_alive
+        self._alive_cache: dict[str, bool] = {}
+
+    def run(self) -> None:
+        failures = 0
+        while self.table.wait_for_work():
+            try:
+                received = self.queue.receive()
+                failures = 0
+            except TransportError as exc:
+                failures += 1
+                log.warning("polling the dead-letter queue failed: %s", exc)
+                if failures >= MAX_POLL_FAILURES or self.table.closing:
+                    return
+                continue
+            for message in received:
+                try:
+                    self._handle(message)
+                except TransportError as exc:
+                    log.warning("handling a dead-lettered message failed: %s", exc)
+
+    def _handle(self, message: Received) -> None:
+        owner = message.attributes.get(protocol.SESSION_ATTRIBUTE)
+        msg = None
+        try:
+            msg = protocol.decode(message.body)
+            owner = msg.session
+        except protocol.ProtocolError:
+            pass
+        if owner != self.session or not isinstance(msg, TaskMessage):
+            self._release(message, owner)
+            return
+        for task in msg.tasks:
+            record = self.table.resolve(task.task_id)
+            if record is not None:
+                record.future.set_exception(
+                    TaskDeadLetteredError(task.task_id, self.max_attempts, record.label)
+                )
+        self.queue.delete([message.receipt])
+
+    def _release(self, message: Received, owner: str | None) -> None:
+        if owner is None:
+            alive = False
+        else:
+            if owner not in self._alive_cache:
+                self._alive_cache[owner] = self.session_alive(owner)
+            alive = self._alive_cache[owner]
+        self.queue.extend(message.receipt, FOREIGN_HIDE_SECONDS if alive else ENDED_HIDE_SECONDS)

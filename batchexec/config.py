@@ -1,0 +1,123 @@
+"""Settings: what a client chooses, and what a worker is told through its environment.
+
+``SessionSettings`` is the contract between the executor and its workers. The launcher passes
+it as container environment overrides and the worker reads it back with ``from_env``; every
+variable is listed in docs/protocol.md. Nothing else reaches a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, asdict, dataclass, fields
+
+from .errors import ConfigurationError
+
+KiB = 1024
+MiB = 1024 * KiB
+
+#: Pickled task payloads up to this size travel inline in the message; larger ones go to S3.
+#: Inline saves two S3 requests a task; a message still packs several tasks under SQS's limit.
+DEFAULT_INLINE_LIMIT = 64 * KiB
+#: Largest pickled task accepted. Beyond it, sending the data through the queue is the wrong
+#: tool: put it in S3 yourself and pass its URI.
+DEFAULT_MAX_PAYLOAD_SIZE = 100 * MiB
+#: Seconds a received task stays invisible to other workers. The worker's heartbeat extends it
+#: every third of this while the task runs, so it bounds how long a dead worker's tasks wait
+#: before another worker retries them, not how long a task may run.
+DEFAULT_VISIBILITY_TIMEOUT = 60
+#: Receives of one task message before it is moved to the dead-letter queue and its future
+#: fails (a task that kills its worker every time must not be retried forever).
+DEFAULT_MAX_ATTEMPTS = 3
+#: A worker with no task for this many seconds exits, so an abandoned session stops costing.
+DEFAULT_IDLE_TIMEOUT = 120
+#: Task messages in flight per worker: one running and one waiting keeps a worker busy without
+#: queueing work that a free worker elsewhere could take.
+DEFAULT_MESSAGES_PER_WORKER = 2
+#: Seconds between checks of the workers' Batch job status.
+DEFAULT_MONITOR_INTERVAL = 5.0
+#: Seconds launched workers may take to reach RUNNING before the executor gives up (an
+#: instance type with no capacity would otherwise leave jobs RUNNABLE forever).
+DEFAULT_START_TIMEOUT = 900.0
+
+#: Environment variable of each SessionSettings field, as the worker reads it.
+ENV_PREFIX = "BATCHEXEC_"
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Everything a worker needs to serve one executor session."""
+
+    session: str
+    task_queue_url: str
+    result_queue_url: str
+    dead_letter_queue_url: str
+    bucket: str
+    prefix: str
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    inline_limit: int = DEFAULT_INLINE_LIMIT
+    initializer_key: str = ""
+
+    @staticmethod
+    def env_name(field_name: str) -> str:
+        return ENV_PREFIX + field_name.upper()
+
+    def to_env(self) -> dict[str, str]:
+        return {self.env_name(k): str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> SessionSettings:
+        env = os.environ if env is None else env
+        values = {}
+        missing = []
+        for f in fields(cls):
+            name = cls.env_name(f.name)
+            if name in env:
+                values[f.name] = _cast(f.type, env[name])
+            elif f.default is MISSING:
+                missing.append(name)
+        if missing:
+            raise ConfigurationError(
+                "this process is not a batchexec worker session: missing environment "
+                f"variables {', '.join(missing)} (the executor's launcher sets them)"
+            )
+        return cls(**values)
+
+
+def _cast(kind: str, raw: str):
+    """Field types are strings here (postponed annotations): int, float or str."""
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """The executor's tuning knobs; see BatchExecutor's docstring for each."""
+
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    worker_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    inline_limit: int = DEFAULT_INLINE_LIMIT
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
+    messages_per_worker: int = DEFAULT_MESSAGES_PER_WORKER
+    monitor_interval: float = DEFAULT_MONITOR_INTERVAL
+    start_timeout: float = DEFAULT_START_TIMEOUT
+
+    def __post_init__(self):
+        checks = {
+            "visibility_timeout": (self.visibility_timeout, 1, 43200),
+            "max_attempts": (self.max_attempts, 1, 1000),
+            "worker_idle_timeout": (self.worker_idle_timeout, 1, 86400),
+            "inline_limit": (self.inline_limit, 0, 128 * KiB),
+            "max_payload_size": (self.max_payload_size, 1, 5 * 1024**4),
+            "messages_per_worker": (self.messages_per_worker, 1, 100),
+            "monitor_interval": (self.monitor_interval, 0.1, 3600),
+            "start_timeout": (self.start_timeout, 1, 7 * 86400),
+        }
+        for name, (value, lo, hi) in checks.items():
+            if not isinstance(value, (int, float)) or not lo <= value <= hi:
+                raise ConfigurationError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")

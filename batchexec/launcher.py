@@ -1,0 +1,243 @@
+"""Workers as AWS Batch jobs: launch them, keep enough alive, notice when none can run.
+
+``BatchLauncher`` is the only code that talks to Batch. It submits one array job of N children
+(a plain job when N is 1: Batch arrays have at least two children) to the stack's job queue
+and job definition, with the session's settings as container environment overrides, and
+terminates everything it submitted at shutdown.
+
+``WorkerMonitor`` is a thread that, while tasks are outstanding, checks the jobs' status every
+``monitor_interval`` seconds and:
+- launches replacements when fewer workers are alive than there is work for (a worker that
+  was killed, crashed, or exited after its idle timeout);
+- declares the executor broken (``WorkersUnavailableError``, a ``BrokenExecutor``) when
+  workers keep failing without any task being resolved in between, or when none has started
+  within ``start_timeout`` (a compute environment with no capacity leaves jobs RUNNABLE
+  forever). Nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import botocore.exceptions
+
+from .errors import WorkersUnavailableError
+
+log = logging.getLogger(__name__)
+
+ALIVE_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+#: DescribeJobs accepts at most this many job ids a call.
+_DESCRIBE_LIMIT = 100
+
+
+@dataclass
+class WorkerCounts:
+    """Children of all launched jobs, by Batch status."""
+
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in ALIVE_STATES)
+
+    @property
+    def running(self) -> int:
+        return self.by_status.get("RUNNING", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.by_status.get("FAILED", 0)
+
+    @property
+    def succeeded(self) -> int:
+        return self.by_status.get("SUCCEEDED", 0)
+
+
+class BatchLauncher:
+    def __init__(self, batch, job_queue: str, job_definition: str, job_name: str,
+                 environment: dict[str, str]):
+        self.batch = batch
+        self.job_queue = job_queue
+        self.job_definition = job_definition
+        self.job_name = job_name
+        self.environment = environment
+        self.jobs: list[str] = []
+        self._lock = threading.Lock()
+        self._ever_running = False
+
+    def launch(self, n: int) -> str:
+        """Submit n workers as one job; returns its id."""
+        kwargs = dict(
+            jobName=f"{self.job_name}-{len(self.jobs)}",
+            jobQueue=self.job_queue,
+            jobDefinition=self.job_definition,
+            containerOverrides={
+                "environment": [{"name": k, "value": v} for k, v in self.environment.items()]
+            },
+            tags={"batchexec:job": self.job_name},
+            propagateTags=True,
+        )
+        if n >= 2:
+            kwargs["arrayProperties"] = {"size": n}
+        try:
+            job_id = self.batch.submit_job(**kwargs)["jobId"]
+        except botocore.exceptions.ClientError as exc:
+            raise WorkersUnavailableError(
+                f"AWS Batch refused to start workers on job queue {self.job_queue}: {exc}; "
+                f"check that the stack is deployed and its job queue is ENABLED "
+                f"(`batchexec stack status`)"
+            ) from exc
+        with self._lock:
+            self.jobs.append(job_id)
+        log.info("launched %d worker(s) as Batch job %s", n, job_id)
+        return job_id
+
+    def counts(self) -> WorkerCounts:
+        with self._lock:
+            jobs = list(self.jobs)
+        counts = WorkerCounts()
+        for i in range(0, len(jobs), _DESCRIBE_LIMIT):
+            for job in self.batch.describe_jobs(jobs=jobs[i : i + _DESCRIBE_LIMIT])["jobs"]:
+                summary = (job.get("arrayProperties") or {}).get("statusSummary")
+                if summary:
+                    for status, n in summary.items():
+                        counts.by_status[status] = counts.by_status.get(status, 0) + n
+                else:
+                    status = job["status"]
+                    counts.by_status[status] = counts.by_status.get(status, 0) + 1
+        if counts.running:
+            self._ever_running = True
+        return counts
+
+    @property
+    def ever_running(self) -> bool:
+        return self._ever_running
+
+    def failure_reason(self) -> str:
+        """Why the most recent failed worker failed, as Batch reports it."""
+        with self._lock:
+            jobs = list(reversed(self.jobs))
+        for job_id in jobs:
+            try:
+                job = self.batch.describe_jobs(jobs=[job_id])["jobs"][0]
+                if job.get("arrayProperties", {}).get("size"):
+                    children = self.batch.list_jobs(arrayJobId=job_id, jobStatus="FAILED")
+                    failed = children.get("jobSummaryList", [])
+                    if not failed:
+                        continue
+                    job = self.batch.describe_jobs(jobs=[failed[0]["jobId"]])["jobs"][0]
+                elif job["status"] != "FAILED":
+                    continue
+            except (botocore.exceptions.ClientError, IndexError, KeyError):
+                continue
+            container = job.get("container", {})
+            parts = [f"job {job['jobId']}: {job.get('statusReason', 'no reason given')}"]
+            if container.get("exitCode") is not None:
+                parts.append(f"exit code {container['exitCode']}")
+            if container.get("logStreamName"):
+                parts.append(f"log stream {container['logStreamName']}")
+            return ", ".join(parts)
+        return "no failed worker job found"
+
+    def terminate(self) -> None:
+        with self._lock:
+            jobs = list(self.jobs)
+        for job_id in jobs:
+            try:
+                self.batch.terminate_job(jobId=job_id, reason="batchexec executor shut down")
+            except botocore.exceptions.ClientError as exc:
+                log.debug("terminating %s: %s", job_id, exc)
+
+
+class WorkerMonitor(threading.Thread):
+    def __init__(
+        self,
+        launcher: BatchLauncher,
+        max_workers: int,
+        outstanding: Callable[[], int],
+        progress: Callable[[], int],
+        on_broken: Callable[[BaseException], None],
+        interval: float,
+        start_timeout: float,
+        failure_budget: int,
+    ):
+        super().__init__(name="batchexec-monitor", daemon=True)
+        self.launcher = launcher
+        self.max_workers = max_workers
+        self.outstanding = outstanding
+        self.progress = progress
+        self.on_broken = on_broken
+        self.interval = interval
+        self.start_timeout = start_timeout
+        self.failure_budget = failure_budget
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._launched_at: float | None = None
+        self._seen_failed = 0
+        self._streak = 0
+        self._progress_mark = 0
+
+    def poke(self) -> None:
+        """New work arrived: check now rather than at the next interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if self.outstanding() and self._check():
+                    return
+            except WorkersUnavailableError as exc:
+                self.on_broken(exc)
+                return
+            except botocore.exceptions.BotoCoreError as exc:
+                log.warning("checking worker jobs failed: %s", exc)
+            except botocore.exceptions.ClientError as exc:
+                log.warning("checking worker jobs failed: %s", exc)
+
+    def _check(self) -> bool:
+        """One round; True when the executor is broken and the monitor should stop."""
+        if self._launched_at is None:
+            self.launcher.launch(self.max_workers)
+            self._launched_at = time.monotonic()
+            return False
+        counts = self.launcher.counts()
+        progress = self.progress()
+        if progress != self._progress_mark:
+            self._progress_mark = progress
+            self._streak = 0
+        new_failures = counts.failed - self._seen_failed
+        self._seen_failed = counts.failed
+        self._streak += new_failures
+        if self._streak >= self.failure_budget:
+            self.on_broken(WorkersUnavailableError(
+                f"{self._streak} worker jobs failed with no task completing in between; the "
+                f"last: {self.launcher.failure_reason()}. Check the job's log stream and the "
+                f"worker image (`batchexec worker` must start)"
+            ))
+            return True
+        started = self.launcher.ever_running or progress > 0
+        if not started and time.monotonic() - self._launched_at > self.start_timeout:
+            self.on_broken(WorkersUnavailableError(
+                f"no worker started within start_timeout={self.start_timeout:.0f} s "
+                f"(jobs by status: {counts.by_status}); check the compute environment's "
+                f"capacity and instance types (`batchexec stack status`)"
+            ))
+            return True
+        wanted = min(self.max_workers, self.outstanding())
+        if counts.alive < wanted:
+            log.info("%d worker(s) alive for %d outstanding task(s): launching %d more",
+                     counts.alive, self.outstanding(), wanted - counts.alive)
+            self.launcher.launch(wanted - counts.alive)
+        return False

@@ -1,0 +1,241 @@
+"""Wire protocol, version 1: the message records that travel through SQS, and their codec.
+
+Pure data and encoding, no AWS calls: the transport moves these bodies, the dispatcher and
+worker build them. docs/protocol.md is the prose version of this module; change both at once
+and bump PROTOCOL_VERSION when a field's meaning changes.
+
+A body is JSON text (SQS bodies are text). Pickled bytes travel base64-encoded inline, or in
+S3 under the session's prefix when larger than the inline limit (the SQS extended-client
+pattern); the entry then carries the object key in ``ref`` instead of the bytes.
+
+    task message    {"v":1, "type":"tasks", "session":S, "prior_attempts":N,
+                     "fns":{digest: b64(cloudpickle(fn))},
+                     "tasks":[{"id":T, "fn":digest, "args":b64(cloudpickle((args, kwargs)))}
+                              | {"id":T, "ref":key}]}          # key holds frame(fn, args)
+    result message  {"v":1, "type":"results", "session":S, "worker":W,
+                     "results":[{"id":T, "ok":bool, "s":seconds, "data":b64(...)}
+                                | {"id":T, "ok":bool, "s":seconds, "ref":key}]}
+    worker event    {"v":1, "type":"worker", "session":S, "worker":W, "event":E,
+                     "error":b64(cloudpickle(RemoteException))}
+
+``data`` of an ok result is the pickled return value; of a failed one a pickled
+serialization.RemoteException (exception + traceback text).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+
+PROTOCOL_VERSION = 1
+
+#: SQS's hard limit on a message body plus attributes (bytes). AWS raised it to 1 MiB in 2025;
+#: 256 KiB is what every SQS-compatible service and the emulator accept.
+SQS_MESSAGE_LIMIT = 256 * 1024
+#: Packs stop growing at this encoded size: the margin covers attributes and JSON framing.
+MESSAGE_BODY_LIMIT = 240 * 1024
+#: SendMessageBatch / DeleteMessageBatch accept at most this many entries per call.
+SQS_BATCH_ENTRIES = 10
+#: Per-entry JSON overhead estimate used while packing (keys, quotes, ids).
+ENTRY_OVERHEAD = 96
+
+#: Message attribute naming the session: lets tools and the dead-letter watcher tell
+#: sessions apart without parsing bodies.
+SESSION_ATTRIBUTE = "batchexec-session"
+VERSION_ATTRIBUTE = "batchexec-version"
+
+
+class ProtocolError(ValueError):
+    """A body that is not a batchexec message of a version this code understands."""
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def encoded_len(n: int) -> int:
+    """Length of the base64 text of n bytes."""
+    return 4 * ((n + 2) // 3)
+
+
+def frame_call(fn: bytes, args: bytes) -> bytes:
+    """One S3 object for a large task: an 8-byte length of the callable, then both parts."""
+    return len(fn).to_bytes(8, "big") + fn + args
+
+
+def unframe_call(blob: bytes) -> tuple[bytes, bytes]:
+    n = int.from_bytes(blob[:8], "big")
+    return blob[8 : 8 + n], blob[8 + n :]
+
+
+@dataclass
+class TaskEntry:
+    task_id: str
+    fn: str | None = None  # digest into TaskMessage.fns, when inline
+    args: bytes | None = None  # inline pickled (args, kwargs)
+    ref: str | None = None  # S3 key of frame_call(fn, args), when large
+
+    def to_json(self) -> dict:
+        if self.ref is not None:
+            return {"id": self.task_id, "ref": self.ref}
+        return {"id": self.task_id, "fn": self.fn, "args": b64(self.args or b"")}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TaskEntry:
+        if "ref" in d:
+            return cls(d["id"], ref=d["ref"])
+        return cls(d["id"], fn=d["fn"], args=unb64(d["args"]))
+
+
+@dataclass
+class TaskMessage:
+    session: str
+    tasks: list[TaskEntry]
+    fns: dict[str, bytes] = field(default_factory=dict)
+    prior_attempts: int = 0
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "v": PROTOCOL_VERSION,
+                "type": "tasks",
+                "session": self.session,
+                "prior_attempts": self.prior_attempts,
+                "fns": {k: b64(v) for k, v in self.fns.items()},
+                "tasks": [t.to_json() for t in self.tasks],
+            },
+            separators=(",", ":"),
+        )
+
+    def single(self, entry: TaskEntry, prior_attempts: int) -> TaskMessage:
+        """A message holding just one of this message's tasks (used to split a failed pack)."""
+        fns = {entry.fn: self.fns[entry.fn]} if entry.fn else {}
+        return TaskMessage(self.session, [entry], fns, prior_attempts)
+
+
+@dataclass
+class ResultEntry:
+    task_id: str
+    ok: bool
+    seconds: float = 0.0
+    data: bytes | None = None
+    ref: str | None = None
+
+    def to_json(self) -> dict:
+        d = {"id": self.task_id, "ok": self.ok, "s": round(self.seconds, 6)}
+        if self.ref is not None:
+            d["ref"] = self.ref
+        else:
+            d["data"] = b64(self.data or b"")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> ResultEntry:
+        return cls(
+            d["id"],
+            bool(d["ok"]),
+            float(d.get("s", 0.0)),
+            unb64(d["data"]) if "data" in d else None,
+            d.get("ref"),
+        )
+
+    def encoded_size(self) -> int:
+        return ENTRY_OVERHEAD + (len(self.ref) if self.ref else encoded_len(len(self.data or b"")))
+
+
+@dataclass
+class ResultMessage:
+    session: str
+    worker: str
+    results: list[ResultEntry]
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "v": PROTOCOL_VERSION,
+                "type": "results",
+                "session": self.session,
+                "worker": self.worker,
+                "results": [r.to_json() for r in self.results],
+            },
+            separators=(",", ":"),
+        )
+
+
+@dataclass
+class WorkerEvent:
+    """Something a worker reports about itself rather than about a task."""
+
+    INITIALIZER_FAILED = "initializer_failed"
+
+    session: str
+    worker: str
+    event: str
+    error: bytes | None = None
+
+    def encode(self) -> str:
+        d = {
+            "v": PROTOCOL_VERSION,
+            "type": "worker",
+            "session": self.session,
+            "worker": self.worker,
+            "event": self.event,
+        }
+        if self.error is not None:
+            d["error"] = b64(self.error)
+        return json.dumps(d, separators=(",", ":"))
+
+
+Message = TaskMessage | ResultMessage | WorkerEvent
+
+
+def decode(body: str) -> Message:
+    """Parse any batchexec message body; ProtocolError for anything else."""
+    try:
+        d = json.loads(body)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"not a batchexec message (not JSON): {exc}") from None
+    if not isinstance(d, dict) or "v" not in d:
+        raise ProtocolError("not a batchexec message (no version field)")
+    if d["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"batchexec protocol version {d['v']} is not supported by this installation "
+            f"(it speaks version {PROTOCOL_VERSION}): install the same batchexec version on "
+            f"the client and in the worker image"
+        )
+    try:
+        kind = d["type"]
+        if kind == "tasks":
+            return TaskMessage(
+                d["session"],
+                [TaskEntry.from_json(t) for t in d["tasks"]],
+                {k: unb64(v) for k, v in d.get("fns", {}).items()},
+                int(d.get("prior_attempts", 0)),
+            )
+        if kind == "results":
+            return ResultMessage(
+                d["session"], d["worker"], [ResultEntry.from_json(r) for r in d["results"]]
+            )
+        if kind == "worker":
+            return WorkerEvent(
+                d["session"],
+                d["worker"],
+                d["event"],
+                unb64(d["error"]) if "error" in d else None,
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed batchexec message: {exc!r}") from None
+    raise ProtocolError(f"unknown batchexec message type {kind!r}")
+
+
+def session_attributes(session: str) -> dict:
+    """Message attributes every batchexec message carries."""
+    return {
+        SESSION_ATTRIBUTE: {"DataType": "String", "StringValue": session},
+        VERSION_ATTRIBUTE: {"DataType": "Number", "StringValue": str(PROTOCOL_VERSION)},
+    }

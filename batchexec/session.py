@@ -1,0 +1,133 @@
+"""One executor session's private resources: two queues and an S3 prefix.
+
+Per session, so that two executors on one stack never see each other's messages, and so that
+shutdown can remove everything by deleting two queues and one prefix. The stack supplies the
+bucket and the dead-letter queue; the task queue redrives to it after ``max_attempts``
+receives. Queue names start with the stack's name, which is what the stack's job role allows
+workers to use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import botocore.exceptions
+
+from .config import ExecutorOptions, SessionSettings
+from .errors import ConfigurationError
+from .serialization import dumps
+from .transport import MessageQueue, PayloadStore, is_queue_gone
+
+log = logging.getLogger(__name__)
+
+#: SQS queue names are at most 80 characters.
+_QUEUE_NAME_LIMIT = 80
+#: Messages older than this are dropped by SQS: far beyond any session, short enough that a
+#: crashed client's queues do not hold data for long.
+_RETENTION_SECONDS = 4 * 86400
+
+
+def queue_names(stack: str, session: str) -> tuple[str, str]:
+    return f"{stack}-{session}-tasks", f"{stack}-{session}-results"
+
+
+class Session:
+    def __init__(self, settings: SessionSettings, sqs, store: PayloadStore, stack_name: str):
+        self.settings = settings
+        self.sqs = sqs
+        self.store = store
+        self.stack_name = stack_name
+        self.tasks = MessageQueue(sqs, settings.task_queue_url)
+        self.results = MessageQueue(sqs, settings.result_queue_url)
+        self.dead_letters = MessageQueue(sqs, settings.dead_letter_queue_url)
+
+    @property
+    def id(self) -> str:
+        return self.settings.session
+
+    @classmethod
+    def create(cls, clients, stack, options: ExecutorOptions, initializer=None, initargs=()):
+        session = uuid.uuid4().hex[:12]
+        task_name, result_name = queue_names(stack.name, session)
+        if len(task_name) > _QUEUE_NAME_LIMIT or len(result_name) > _QUEUE_NAME_LIMIT:
+            raise ConfigurationError(
+                f"stack name {stack.name!r} is too long to name session queues after it "
+                f"(at most {_QUEUE_NAME_LIMIT - 22} characters): deploy it under a shorter name"
+            )
+        sqs = clients.client("sqs")
+        tags = {"batchexec:session": session, "batchexec:stack": stack.name}
+        task_url = sqs.create_queue(
+            QueueName=task_name,
+            Attributes={
+                "VisibilityTimeout": str(options.visibility_timeout),
+                "ReceiveMessageWaitTimeSeconds": "20",
+                "MessageRetentionPeriod": str(_RETENTION_SECONDS),
+                "RedrivePolicy": json.dumps({
+                    "deadLetterTargetArn": stack.dead_letter_queue_arn,
+                    "maxReceiveCount": str(options.max_attempts),
+                }),
+            },
+            tags=tags,
+        )["QueueUrl"]
+        try:
+            result_url = sqs.create_queue(
+                QueueName=result_name,
+                Attributes={
+                    "ReceiveMessageWaitTimeSeconds": "20",
+                    "MessageRetentionPeriod": str(_RETENTION_SECONDS),
+                },
+                tags=tags,
+            )["QueueUrl"]
+        except Exception:
+            sqs.delete_queue(QueueUrl=task_url)
+            raise
+        store = PayloadStore(clients.client("s3"), stack.bucket, f"sessions/{session}")
+        initializer_key = ""
+        if initializer is not None:
+            try:
+                blob = dumps((initializer, tuple(initargs)), "initializer and initargs")
+                initializer_key = store.put("initializer", blob)
+            except Exception:
+                sqs.delete_queue(QueueUrl=task_url)
+                sqs.delete_queue(QueueUrl=result_url)
+                raise
+        settings = SessionSettings(
+            session=session,
+            task_queue_url=task_url,
+            result_queue_url=result_url,
+            dead_letter_queue_url=stack.dead_letter_queue_url,
+            bucket=stack.bucket,
+            prefix=store.prefix,
+            visibility_timeout=options.visibility_timeout,
+            max_attempts=options.max_attempts,
+            idle_timeout=options.worker_idle_timeout,
+            inline_limit=options.inline_limit,
+            initializer_key=initializer_key,
+        )
+        log.info("session %s: queues %s, %s; payloads under %s", session, task_name,
+                 result_name, store.uri)
+        return cls(settings, sqs, store, stack.name)
+
+    def is_alive(self, session: str) -> bool:
+        """Whether another session of this stack still has its task queue."""
+        try:
+            self.sqs.get_queue_url(QueueName=queue_names(self.stack_name, session)[0])
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if is_queue_gone(exc):
+                return False
+            raise
+
+    def close(self) -> None:
+        """Delete the queues (workers notice and exit) and every object under the prefix."""
+        for queue in (self.tasks, self.results):
+            try:
+                queue.delete_queue()
+            except Exception as exc:
+                log.warning("deleting %s failed: %s", queue, exc)
+        try:
+            self.store.delete_all()
+        except Exception as exc:
+            log.warning("deleting %s failed: %s", self.store.uri, exc)

@@ -1,0 +1,223 @@
+"""SQS queues and the S3 payload store, as the rest of batchexec needs them.
+
+Thin on purpose: batching to SQS's limits (10 entries, 256 KiB a call), retrying the entries a
+batch call reports as failed, telling "the queue is gone" apart from other errors, and moving
+large payloads through S3. Retries of whole requests (throttling, 5xx, connection resets) are
+botocore's job, configured in aws.py.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from .aws import LONG_POLL_SECONDS, error_code
+from .protocol import SQS_BATCH_ENTRIES, SQS_MESSAGE_LIMIT, session_attributes
+
+log = logging.getLogger(__name__)
+
+#: Error codes SQS uses for a deleted queue (query protocol, then JSON protocol).
+_QUEUE_GONE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+#: How often a batch entry the service reported as failed is sent again before giving up.
+_ENTRY_RETRIES = 5
+#: Multipart transfers above this size; parts of this size. Large payloads (100 MB and more)
+#: then move in parallel parts rather than one long request.
+_TRANSFER = TransferConfig(multipart_threshold=16 * 2**20, multipart_chunksize=16 * 2**20)
+
+
+class TransportError(RuntimeError):
+    """SQS or S3 refused an operation for good (after botocore's retries)."""
+
+
+class QueueGone(TransportError):
+    """The queue was deleted: its session has ended."""
+
+
+def is_queue_gone(exc: BaseException) -> bool:
+    return error_code(exc) in _QUEUE_GONE_CODES
+
+
+@dataclass
+class Received:
+    """One received SQS message."""
+
+    body: str
+    receipt: str
+    message_id: str
+    receive_count: int
+    attributes: dict
+
+
+class MessageQueue:
+    """One SQS queue: batched sends, long-polled receives, batched deletes."""
+
+    def __init__(self, sqs, url: str):
+        self.sqs = sqs
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"MessageQueue({self.url.rsplit('/', 1)[-1]})"
+
+    def send(self, bodies: list[str], session: str) -> None:
+        """Send bodies with the session's attributes, as few SendMessageBatch calls as fit."""
+        attrs = session_attributes(session)
+        attr_size = sum(
+            len(k) + len(v["StringValue"]) + len(v["DataType"]) for k, v in attrs.items()
+        )
+        for group in _size_groups(bodies, attr_size):
+            entries = [
+                {"Id": str(i), "MessageBody": body, "MessageAttributes": attrs}
+                for i, body in enumerate(group)
+            ]
+            self._send_entries(entries)
+
+    def _send_entries(self, entries: list[dict]) -> None:
+        for _ in range(_ENTRY_RETRIES):
+            try:
+                resp = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+            except botocore.exceptions.ClientError as exc:
+                if is_queue_gone(exc):
+                    raise QueueGone(f"{self} no longer exists") from exc
+                raise TransportError(f"sending to {self} failed: {exc}") from exc
+            failed = resp.get("Failed") or []
+            if not failed:
+                return
+            if any(f.get("SenderFault") for f in failed):
+                raise TransportError(f"{self} rejected messages: {failed[0].get('Message')}")
+            by_id = {e["Id"]: e for e in entries}
+            entries = [by_id[f["Id"]] for f in failed]
+        raise TransportError(f"{self} kept failing {len(entries)} messages after retries")
+
+    def receive(
+        self, max_messages: int = SQS_BATCH_ENTRIES, wait: float = LONG_POLL_SECONDS
+    ) -> list[Received]:
+        try:
+            resp = self.sqs.receive_message(
+                QueueUrl=self.url,
+                MaxNumberOfMessages=max_messages,
+                WaitTimeSeconds=max(0, min(LONG_POLL_SECONDS, int(wait))),
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageAttributeNames=["All"],
+            )
+        except botocore.exceptions.ClientError as exc:
+            if is_queue_gone(exc):
+                raise QueueGone(f"{self} no longer exists") from exc
+            raise TransportError(f"receiving from {self} failed: {exc}") from exc
+        return [
+            Received(
+                m["Body"],
+                m["ReceiptHandle"],
+                m["MessageId"],
+                int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+                {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()},
+            )
+            for m in resp.get("Messages", [])
+        ]
+
+    def delete(self, receipts: Iterable[str]) -> None:
+        receipts = list(receipts)
+        for i in range(0, len(receipts), SQS_BATCH_ENTRIES):
+            chunk = receipts[i : i + SQS_BATCH_ENTRIES]
+            try:
+                resp = self.sqs.delete_message_batch(
+                    QueueUrl=self.url,
+                    Entries=[{"Id": str(j), "ReceiptHandle": r} for j, r in enumerate(chunk)],
+                )
+            except botocore.exceptions.ClientError as exc:
+                if is_queue_gone(exc):
+                    raise QueueGone(f"{self} no longer exists") from exc
+                raise TransportError(f"deleting from {self} failed: {exc}") from exc
+            for f in resp.get("Failed") or []:
+                # An expired receipt: the message went back to the queue and will be seen
+                # again; duplicates are ignored by task id, so this is safe to log and skip.
+                log.debug("delete of a message on %s failed: %s", self, f.get("Message"))
+
+    def extend(self, receipt: str, seconds: int) -> None:
+        """Keep a message invisible while its task runs (the worker's heartbeat)."""
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=int(seconds)
+            )
+        except botocore.exceptions.ClientError as exc:
+            if is_queue_gone(exc):
+                raise QueueGone(f"{self} no longer exists") from exc
+            raise TransportError(f"extending visibility on {self} failed: {exc}") from exc
+
+    def delete_queue(self) -> None:
+        try:
+            self.sqs.delete_queue(QueueUrl=self.url)
+        except botocore.exceptions.ClientError as exc:
+            if not is_queue_gone(exc):
+                raise
+
+
+def _size_groups(bodies: list[str], attr_size: int):
+    """Split bodies into SendMessageBatch calls: at most 10 entries and 256 KiB each."""
+    group: list[str] = []
+    size = 0
+    for body in bodies:
+        n = len(body.encode("utf-8")) + attr_size
+        if n > SQS_MESSAGE_LIMIT:
+            raise TransportError(f"a message of {n} bytes exceeds SQS's {SQS_MESSAGE_LIMIT}")
+        if group and (len(group) == SQS_BATCH_ENTRIES or size + n > SQS_MESSAGE_LIMIT):
+            yield group
+            group, size = [], 0
+        group.append(body)
+        size += n
+    if group:
+        yield group
+
+
+class PayloadStore:
+    """Large payloads under one session's S3 prefix; removed with the session."""
+
+    def __init__(self, s3, bucket: str, prefix: str):
+        self.s3 = s3
+        self.bucket = bucket
+        self.prefix = prefix.rstrip("/") + "/"
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def put(self, name: str, data: bytes) -> str:
+        key = self.prefix + name
+        try:
+            self.s3.upload_fileobj(io.BytesIO(data), self.bucket, key, Config=_TRANSFER)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise TransportError(f"uploading s3://{self.bucket}/{key} failed: {exc}") from exc
+        except Exception as exc:  # s3transfer wraps ClientError in its own exception types
+            raise TransportError(f"uploading s3://{self.bucket}/{key} failed: {exc}") from exc
+        return key
+
+    def get(self, key: str) -> bytes:
+        buf = io.BytesIO()
+        try:
+            self.s3.download_fileobj(self.bucket, key, buf, Config=_TRANSFER)
+        except Exception as exc:
+            raise TransportError(f"downloading s3://{self.bucket}/{key} failed: {exc}") from exc
+        return buf.getvalue()
+
+    def delete(self, key: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            log.debug("delete of s3://%s/%s failed: %s", self.bucket, key, exc)
+
+    def delete_all(self) -> int:
+        """Remove every object under the prefix; returns how many."""
+        n = 0
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            for i in range(0, len(keys), 1000):
+                self.s3.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys[i : i + 1000], "Quiet": True}
+                )
+            n += len(keys)
+        return n
