@@ -1,0 +1,123 @@
+"""The `batchexec` command line (also `python -m batchexec`).
+
+    batchexec local [--port N] [--host H]     the embedded emulator, until interrupted
+    batchexec stack deploy|update|delete|status|outputs [--name N] [--wait] [--parameter K=V]
+                    [--region R] [--endpoint-url URL]
+    batchexec worker                          a worker's entry point (the job's container command)
+
+Errors batchexec raises itself (BatchExecError) are one line on stderr and exit status 2,
+never a traceback: they are the user's to fix and each says how. Heavy imports (moto,
+boto3, the worker) happen inside the subcommand that needs them so that each stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import BatchExecError
+
+#: Exit status for user errors (bad arguments, missing stack, unreachable endpoint).
+EXIT_USAGE = 2
+DEFAULT_STACK = "batchexec"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except BatchExecError as exc:
+        print(f"batchexec: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchexec",
+        description="A concurrent.futures Executor whose workers are AWS Batch jobs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    local = sub.add_parser("local", help="run the embedded AWS emulator until interrupted")
+    local.add_argument("--port", type=int, default=5000, help="port (0: any free port)")
+    local.add_argument("--host", default="127.0.0.1", help="address to bind")
+    local.add_argument("--log-requests", action="store_true", help="log each request")
+    local.set_defaults(handler=_cmd_local)
+
+    stack = sub.add_parser("stack", help="deploy or inspect the CloudFormation stack")
+    stack.add_argument("action", choices=["deploy", "update", "delete", "status", "outputs"])
+    stack.add_argument(
+        "--name",
+        default=os.environ.get("BATCHEXEC_STACK") or DEFAULT_STACK,
+        help="stack name (default: $BATCHEXEC_STACK or batchexec)",
+    )
+    stack.add_argument("--wait", action="store_true", help="wait until the change completes")
+    stack.add_argument(
+        "--parameter", "-p", action="append", default=[], metavar="KEY=VALUE",
+        help="template parameter, e.g. DefaultWorkers=16 (repeatable)",
+    )  # fmt: skip
+    stack.add_argument("--region", help="AWS region (default: $AWS_REGION)")
+    stack.add_argument("--endpoint-url", help="AWS endpoint, e.g. of `batchexec local`")
+    stack.set_defaults(handler=_cmd_stack)
+
+    worker = sub.add_parser("worker", help="run a worker (the Batch job's container command)")
+    worker.set_defaults(handler=_cmd_worker)
+    return parser
+
+
+def _cmd_local(args: argparse.Namespace) -> int:
+    from .emulator.server import serve
+
+    try:
+        return serve(args.host, args.port, log_requests=args.log_requests)
+    except OSError as exc:  # port in use, address not available
+        raise _CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from . import stack
+    from .aws import AwsClients
+
+    parameters = _parse_parameters(args.parameter)
+    if parameters and args.action not in ("deploy", "update"):
+        raise _CliError(f"--parameter applies to deploy and update, not {args.action}")
+    clients = AwsClients.resolve(region=args.region, endpoint_url=args.endpoint_url)
+    name = args.name
+    if args.action == "deploy":
+        status = stack.deploy_stack(clients, name, parameters, wait=args.wait)
+    elif args.action == "update":
+        status = stack.update_stack(clients, name, parameters, wait=args.wait)
+    elif args.action == "delete":
+        status = stack.delete_stack(clients, name, wait=args.wait)
+    elif args.action == "status":
+        status = stack.stack_status(clients, name)
+    else:
+        print(json.dumps(stack.stack_outputs(clients, name), indent=2, sort_keys=True))
+        return 0
+    print(f"{name}: {status}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from batchexec.worker import main
+
+    return main()
+
+
+def _parse_parameters(items: list[str]) -> dict[str, str]:
+    parameters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _CliError(f"--parameter {item!r} is not KEY=VALUE")
+        parameters[key] = value
+    return parameters
+
+
+class _CliError(BatchExecError):
+    """A command-line usage error."""

@@ -1,0 +1,10 @@
+"""The embedded AWS emulator: moto server + a compute environment of local processes.
+
+`batchexec local` (server.py) serves it; `EmbeddedEmulator` (embedded.py) starts a private
+one for an executor that was given no stack and no endpoint. Importing this package is
+cheap: moto is imported only by the server process.
+"""
+
+from .embedded import EmbeddedEmulator, EmulatorStartError
+
+__all__ = ["EmbeddedEmulator", "EmulatorStartError"]

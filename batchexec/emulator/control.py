@@ -1,0 +1,282 @@
+"""Request accounting and fault injection: a WSGI middleware in front of moto.
+
+Why in the server: benchmarks need to know how many AWS requests a workload cost (the
+executor's whole point is few requests under load), and unhappy-path tests need throttling
+and errors on demand, from any process (client, workers) that talks to the endpoint.
+
+    client/worker ──HTTP──▶ ControlMiddleware ──▶ moto (DomainDispatcherApplication)
+                              │ /_batchexec/...   control plane, never counted
+                              │ count "service.Operation"
+                              └ a matching fault?  answer with a well-formed AWS error
+
+Control plane (JSON):
+    GET    /_batchexec/requests         {"sqs.SendMessageBatch": 3, ...}
+    POST   /_batchexec/requests/reset
+    POST   /_batchexec/faults           {"operation": "SendMessageBatch", "count": 3,
+                                         "code": "ThrottlingException", "status": 400}
+    GET    /_batchexec/faults           the faults still armed
+    DELETE /_batchexec/faults
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+CONTROL_PREFIX = "/_batchexec/"
+#: moto's own control plane: not AWS traffic, not counted.
+_UNCOUNTED_PREFIXES = (CONTROL_PREFIX, "/moto-api")
+#: Query-protocol services that use EC2's error envelope instead of ErrorResponse.
+_EC2_STYLE = {"ec2"}
+#: JSON services that are "awsQueryCompatible": botocore takes the code from this header.
+_QUERY_COMPATIBLE = {"sqs"}
+
+
+@dataclass
+class Fault:
+    """Fail the next `count` requests whose operation matches with `code`/`status`."""
+
+    operation: str
+    count: int = 1
+    code: str = "ThrottlingException"
+    status: int = 400
+    message: str = "Rate exceeded (injected by the batchexec emulator)"
+
+    def matches(self, service: str, operation: str) -> bool:
+        return self.operation in ("*", operation, f"{service}.{operation}", f"{service}.*")
+
+
+class ControlMiddleware:
+    """Counts every AWS request by "service.Operation" and injects armed faults."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._faults: list[Fault] = []
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(environ, start_response, path[len(CONTROL_PREFIX) :])
+        if path.startswith(_UNCOUNTED_PREFIXES):
+            return self.app(environ, start_response)
+        service, operation = identify(environ)
+        with self._lock:
+            self._counts[f"{service}.{operation}"] += 1
+            fault = next((f for f in self._faults if f.matches(service, operation)), None)
+            if fault is not None:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self._faults.remove(fault)
+        if fault is not None:
+            return error_response(environ, start_response, service, fault)
+        return self.app(environ, start_response)
+
+    # -- control plane -------------------------------------------------------------------
+
+    def _control(self, environ: dict, start_response: Any, what: str) -> Any:
+        method = environ.get("REQUEST_METHOD", "GET")
+        with self._lock:
+            if what == "requests" and method == "GET":
+                return _json(start_response, 200, dict(self._counts))
+            if what == "requests/reset" and method == "POST":
+                self._counts.clear()
+                return _json(start_response, 200, {})
+            if what == "faults" and method == "GET":
+                return _json(start_response, 200, [asdict(f) for f in self._faults])
+            if what == "faults" and method == "DELETE":
+                self._faults.clear()
+                return _json(start_response, 200, {})
+        if what == "faults" and method == "POST":
+            try:
+                spec = json.loads(_read_body(environ) or b"{}")
+                fault = Fault(**spec)
+            except (ValueError, TypeError) as exc:
+                return _json(start_response, 400, {"error": f"bad fault spec: {exc}"})
+            with self._lock:
+                self._faults.append(fault)
+            return _json(start_response, 200, asdict(fault))
+        return _json(start_response, 404, {"error": f"no control endpoint {method} /{what}"})
+
+
+# -- which AWS operation is this request? -----------------------------------------------------
+
+
+def identify(environ: dict) -> tuple[str, str]:
+    """(service, operation) from SigV4's credential scope and the protocol's operation marker."""
+    service = _service(environ)
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:  # JSON protocol: "AmazonSQS.SendMessageBatch"
+        return service, target.rsplit(".", 1)[-1]
+    action = _query_action(environ)
+    if action:  # query/ec2 protocol: Action=CreateStack in the query string or form body
+        return service, action
+    if service == "s3":
+        return service, s3_operation(environ)
+    return service, _rest_operation(service, environ)
+
+
+def _service(environ: dict) -> str:
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    try:  # "AWS4-HMAC-SHA256 Credential=AKID/20240101/us-east-1/sqs/aws4_request, ..."
+        scope = auth.split("Credential=", 1)[1].split(",", 1)[0]
+        return scope.split("/")[3]
+    except IndexError:
+        return "unknown"
+
+
+def _query_action(environ: dict) -> str | None:
+    action = parse_qs(environ.get("QUERY_STRING", "")).get("Action")
+    if action:
+        return action[0]
+    ctype = environ.get("CONTENT_TYPE", "")
+    if environ.get("REQUEST_METHOD") == "POST" and "x-www-form-urlencoded" in ctype:
+        body = _read_body(environ)
+        action = parse_qs(body.decode("utf-8", "replace")).get("Action")
+        if action:
+            return action[0]
+    return None
+
+
+def _read_body(environ: dict) -> bytes:
+    """Read the request body and put it back, so the wrapped app can read it again."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+_REST_OPERATIONS: dict[str, dict[tuple[str, str], str]] = {}
+
+
+def _rest_operation(service: str, environ: dict) -> str:
+    """REST services whose URIs are fixed paths (Batch: POST /v1/submitjob), via botocore."""
+    method = environ.get("REQUEST_METHOD", "GET")
+    path = environ.get("PATH_INFO", "")
+    table = _REST_OPERATIONS.get(service)
+    if table is None:
+        table = {}
+        try:
+            import botocore.session
+
+            model = botocore.session.get_session().get_service_model(service)
+            for name in model.operation_names:
+                http = model.operation_model(name).http
+                table[(http.get("method", "POST"), http.get("requestUri", ""))] = name
+        except Exception:  # unknown service name: fall back to method and path
+            pass
+        _REST_OPERATIONS[service] = table
+    return table.get((method, path)) or f"{method} {path}"
+
+
+_S3_BUCKET_SUBRESOURCES = (
+    "lifecycle", "policy", "tagging", "encryption", "publicAccessBlock", "versioning",
+    "acl", "cors", "notification", "website", "logging", "ownershipControls",
+    "object-lock", "replication", "accelerate", "requestPayment", "location",
+)  # fmt: skip
+
+
+def s3_operation(environ: dict) -> str:
+    """Name an S3 REST request (path-style addressing) the way the S3 API does, roughly."""
+    method = environ.get("REQUEST_METHOD", "GET")
+    bucket, _, key = environ.get("PATH_INFO", "/").lstrip("/").partition("/")
+    q = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    copy = "HTTP_X_AMZ_COPY_SOURCE" in environ
+    if not bucket:
+        return "ListBuckets"
+    if key:
+        if "uploadId" in q or "uploads" in q:
+            return {
+                ("PUT", True): "UploadPartCopy" if copy else "UploadPart",
+                ("POST", True): "CompleteMultipartUpload",
+                ("DELETE", True): "AbortMultipartUpload",
+                ("GET", True): "ListParts",
+            }.get((method, "uploadId" in q), "CreateMultipartUpload")
+        verb = {"GET": "Get", "PUT": "Put", "DELETE": "Delete", "HEAD": "Head"}.get(method)
+        if "tagging" in q and verb:
+            return f"{verb}ObjectTagging"
+        if method == "PUT" and copy:
+            return "CopyObject"
+        return f"{verb}Object" if verb else f"{method}Object"
+    if method == "POST" and "delete" in q:
+        return "DeleteObjects"
+    if method == "GET":
+        if q.get("list-type") == ["2"]:
+            return "ListObjectsV2"
+        if "uploads" in q:
+            return "ListMultipartUploads"
+        if "versions" in q:
+            return "ListObjectVersions"
+    sub = next((s for s in _S3_BUCKET_SUBRESOURCES if s in q), None)
+    verb = {"GET": "Get", "PUT": "Put", "DELETE": "Delete", "HEAD": "Head"}.get(method, method)
+    if sub:
+        return f"{verb}Bucket{sub[0].upper()}{sub[1:].replace('-', '')}"
+    return {"GET": "ListObjects", "PUT": "CreateBucket"}.get(method, f"{verb}Bucket")
+
+
+# -- well-formed AWS errors, per protocol -----------------------------------------------------
+
+
+def error_response(environ: dict, start_response: Any, service: str, fault: Fault) -> Any:
+    """An error botocore parses into ClientError(code) for the request's protocol."""
+    request_id = str(uuid.uuid4())
+    status = f"{fault.status} {_REASONS.get(fault.status, 'Error')}"
+    headers = [("x-amzn-RequestId", request_id), ("x-amz-request-id", request_id)]
+    sender = "Sender" if fault.status < 500 else "Receiver"
+    if environ.get("HTTP_X_AMZ_TARGET"):  # JSON protocol
+        body = json.dumps(
+            {"__type": f"com.amazonaws.{service}#{fault.code}", "message": fault.message}
+        ).encode()
+        headers.append(("Content-Type", "application/x-amz-json-1.0"))
+        if service in _QUERY_COMPATIBLE:
+            headers.append(("x-amzn-query-error", f"{fault.code};{sender}"))
+    elif service == "s3":
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{fault.code}</Code>'
+            f"<Message>{fault.message}</Message><RequestId>{request_id}</RequestId></Error>"
+        ).encode()
+        headers.append(("Content-Type", "application/xml"))
+    elif service in _EC2_STYLE:
+        body = (
+            f"<Response><Errors><Error><Code>{fault.code}</Code><Message>{fault.message}"
+            f"</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>"
+        ).encode()
+        headers.append(("Content-Type", "text/xml"))
+    elif _query_action(environ):  # query protocol
+        body = (
+            f"<ErrorResponse><Error><Type>{sender}</Type><Code>{fault.code}</Code>"
+            f"<Message>{fault.message}</Message></Error><RequestId>{request_id}</RequestId>"
+            f"</ErrorResponse>"
+        ).encode()
+        headers.append(("Content-Type", "text/xml"))
+    else:  # rest-json (Batch and friends)
+        body = json.dumps({"__type": fault.code, "message": fault.message}).encode()
+        headers += [("Content-Type", "application/json"), ("x-amzn-ErrorType", fault.code)]
+    headers.append(("Content-Length", str(len(body))))
+    start_response(status, headers)
+    return [body]
+
+
+_REASONS = {
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+    500: "Internal Server Error", 503: "Service Unavailable",
+}  # fmt: skip
+
+
+def _json(start_response: Any, status: int, payload: Any) -> list[bytes]:
+    body = json.dumps(payload, sort_keys=True).encode()
+    start_response(
+        f"{status} {_REASONS.get(status, 'OK')}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]

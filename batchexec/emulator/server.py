@@ -1,0 +1,65 @@
+"""`batchexec local`: one moto server process, every service on one port, jobs as processes.
+
+Why a process of its own (never moto's in-process `mock_aws`): Batch jobs are real processes
+that must reach the same endpoint over HTTP, and a client's own boto3 must not be patched.
+
+Contract with callers (EmbeddedEmulator, tests, people): the first line on stdout is exactly
+the endpoint, `http://HOST:PORT`, flushed at once; the server then runs until SIGINT or
+SIGTERM and, on the way out, kills every job process it started, so nothing is orphaned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import TextIO
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave serve_forever in the main thread."""
+
+
+def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
+          out: TextIO | None = None) -> int:  # fmt: skip
+    """Serve until SIGINT/SIGTERM. Port 0 picks a free port. Returns the exit status."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    from . import jobs
+    from .control import ControlMiddleware
+
+    class RequestHandler(MotoRequestHandler):
+        def log_request(self, *args, **kwargs):  # werkzeug logs every request to stderr
+            if log_requests:
+                super().log_request(*args, **kwargs)
+
+    app = ControlMiddleware(DomainDispatcherApplication(create_backend_app))
+    server = make_server(host, port, app, threaded=True, request_handler=RequestHandler)
+    bound = server.server_address[1]
+    reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    endpoint = f"http://{reach}:{bound}"
+    os.environ["MOTO_PORT"] = str(bound)  # moto builds some URLs (SQS queue URLs) from it
+    jobs.install(endpoint)
+
+    def stop(signum, frame):
+        raise _Stop()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    out = out or sys.stdout
+    out.write(endpoint + "\n")
+    out.flush()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_IGN if s == signal.SIGTERM else handler)
+        jobs.registry.kill_all()
+        server.server_close()
+    return 0
