@@ -303,3 +303,24 @@ def test_vsis3_source_and_tile_store_round_trip(tmp_path, dem_file, moto_endpoin
         gdal_io.remove("/vsis3/rasters/x/a.tif")
         assert not gdal_io.exists("/vsis3/rasters/x/a.tif")
     np.testing.assert_array_equal(got, arr[1:3, 1:4])
+
+
+# --- BatchExecutor (workers are Batch jobs on the shared emulator) -----------------------------
+
+def test_batch_executor_gives_the_same_raster_and_surfaces_failures(tmp_path, dem_file,
+                                                                    make_executor):
+    with ThreadPoolExecutor(2) as ex:
+        run_tiled(ex, dem_file, str(tmp_path / "t.tif"), tile_size=30, progress=False,
+                  scale=1.0, z=2.0)
+    ex = make_executor(2)
+    summary = run_tiled(ex, dem_file, str(tmp_path / "b.tif"), tile_size=30, progress=False,
+                        scale=1.0, z=2.0)
+    np.testing.assert_array_equal(_read(tmp_path / "b.tif"), _read(tmp_path / "t.tif"))
+    assert summary.tiles == 9 and len(summary.workers) >= 1
+
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(TileFailedError, match="ZeroDivisionError: boom in the kernel") as info:
+        run_tiled(ex, dem_file, str(tmp_path / "f.tif"), kernel=failing_kernel, tile_size=20,
+                  progress=False)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert sorted(os.listdir(tmp_path)) == before
