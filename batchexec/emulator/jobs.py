@@ -193,6 +193,8 @@ class _LocalJob:
             if state == JobStatus.PENDING and job.depends_on:
                 if not job._wait_for_dependencies():
                     return None
+        if TRANSITION_DELAY:
+            time.sleep(TRANSITION_DELAY)  # STARTING lasts a moment too
         if job.stop:
             return self._stop_before_start()
 

@@ -10,10 +10,20 @@ SIGTERM and, on the way out, kills every job process it started, so nothing is o
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
+import socket
 import sys
+import threading
 from typing import TextIO
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))  # raises OSError (EADDRINUSE, EADDRNOTAVAIL) for the CLI
 
 
 class _Stop(Exception):
@@ -39,6 +49,8 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
                 super().log_request(*args, **kwargs)
 
     app = ControlMiddleware(DomainDispatcherApplication(create_backend_app))
+    if port:
+        _check_port_free(host, port)  # werkzeug would print a paragraph and sys.exit(1)
     server = make_server(host, port, app, threaded=True, request_handler=RequestHandler)
     bound = server.server_address[1]
     reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
@@ -53,6 +65,11 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     out = out or sys.stdout
     out.write(endpoint + "\n")
     out.flush()
+    # The first thing a caller does is deploy the stack, and moto's CloudFormation takes
+    # ~1 s to import (it imports every backend it supports): start that now, while the
+    # caller is still creating its boto3 clients.
+    threading.Thread(target=importlib.import_module, args=("moto.cloudformation.parsing",),
+                     daemon=True).start()  # fmt: skip
     try:
         server.serve_forever(poll_interval=0.2)
     except (_Stop, KeyboardInterrupt):

@@ -1,0 +1,520 @@
+"""The embedded emulator: Batch jobs as local processes, request counting, fault injection,
+`batchexec local`, and EmbeddedEmulator.
+
+Everything runs against a real `batchexec local` server process (never moto's in-process
+mock in the same process as a server). One server serves the module; tests that stop a
+server start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import psutil
+import pytest
+
+from batchexec.aws import AwsClients
+from batchexec.stack import deploy_stack, describe_stack
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Slow the pre-RUNNING transitions down enough to observe them (4 x 0.15 s per job).
+TRANSITION_DELAY = "0.15"
+STACK = "emu"
+
+
+def start_server(**env_overrides) -> tuple[subprocess.Popen, str]:
+    """`python -m batchexec local --port 0`; returns the process and its first stdout line."""
+    env = {**os.environ, **env_overrides}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchexec", "local", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    line = proc.stdout.readline().decode()
+    return proc, line
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, line = start_server(BATCHEXEC_EMULATOR_TRANSITION_DELAY=TRANSITION_DELAY)
+    endpoint = line.strip()
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", endpoint), line
+    clients = AwsClients(region="us-east-1", endpoint_url=endpoint)
+    deploy_stack(clients, STACK, {"DefaultWorkers": "3"})
+    try:
+        yield endpoint, clients, describe_stack(clients, STACK)
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture()
+def batch(server):
+    return server[1].client("batch")
+
+
+def submit(server, command, *, env=None, size=None, name="job"):
+    _, clients, stack = server
+    overrides = {"command": command}
+    if env:
+        overrides["environment"] = [{"name": k, "value": v} for k, v in env.items()]
+    kwargs = {"arrayProperties": {"size": size}} if size else {}
+    r = clients.client("batch").submit_job(
+        jobName=name,
+        jobQueue=stack.job_queue,
+        jobDefinition=stack.job_definition,
+        containerOverrides=overrides,
+        **kwargs,
+    )
+    return r["jobId"]
+
+
+def describe(batch, job_id):
+    return batch.describe_jobs(jobs=[job_id])["jobs"][0]
+
+
+def wait_for(batch, job_id, statuses=("SUCCEEDED", "FAILED"), timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = describe(batch, job_id)
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+def py(code: str) -> list[str]:
+    return ["python", "-c", textwrap.dedent(code)]
+
+
+# -- jobs as local processes --------------------------------------------------------------------
+
+
+def test_job_runs_as_local_process_with_overrides(server, batch, tmp_path):
+    out = tmp_path / "out.json"
+    job_id = submit(
+        server,
+        py("""
+            import json, os, sys
+            keys = ["AWS_BATCH_JOB_ID", "AWS_BATCH_JQ_NAME", "AWS_ENDPOINT_URL", "AWS_REGION",
+                    "BATCHEXEC_STACK", "MY_SETTING", "AWS_ACCESS_KEY_ID"]
+            env = {k: os.environ.get(k) for k in keys}
+            env["executable"] = sys.executable
+            json.dump(env, open(os.environ["OUT"], "w"))
+        """),
+        env={"OUT": str(out), "MY_SETTING": "on"},
+    )
+    job = wait_for(batch, job_id)
+    assert job["status"] == "SUCCEEDED", job.get("statusReason")
+    assert job["container"]["exitCode"] == 0
+    seen = json.loads(out.read_text())
+    assert seen["AWS_BATCH_JOB_ID"] == job_id
+    assert seen["AWS_BATCH_JQ_NAME"] == f"{STACK}-queue"
+    assert seen["AWS_ENDPOINT_URL"] == server[0]  # the emulator's own endpoint by default
+    assert seen["AWS_REGION"] == "us-east-1"
+    assert seen["BATCHEXEC_STACK"] == STACK  # from the job definition's environment
+    assert seen["MY_SETTING"] == "on"  # from containerOverrides
+    assert seen["AWS_ACCESS_KEY_ID"]
+    assert seen["executable"] == sys.executable  # "python" is the server's interpreter
+
+
+def test_endpoint_override_reaches_the_job(server, batch, tmp_path):
+    out = tmp_path / "endpoint"
+    job_id = submit(
+        server,
+        py("import os; open(os.environ['OUT'], 'w').write(os.environ['AWS_ENDPOINT_URL'])"),
+        env={"OUT": str(out), "AWS_ENDPOINT_URL": "http://proxy.invalid:1234"},
+    )
+    assert wait_for(batch, job_id)["status"] == "SUCCEEDED"
+    assert out.read_text() == "http://proxy.invalid:1234"
+
+
+def test_status_transitions_are_observable(server, batch):
+    job_id = submit(server, py("import time; time.sleep(0.6)"))
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = describe(batch, job_id)["status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status in ("SUCCEEDED", "FAILED"):
+            break
+        time.sleep(0.03)
+    order = ["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"]
+    assert seen == sorted(seen, key=order.index), seen  # never goes backwards
+    assert {"PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"} <= set(seen), seen
+    job = describe(batch, job_id)
+    assert job["createdAt"] <= job["startedAt"] <= job["stoppedAt"]
+
+
+def test_failing_exit_code_fails_the_job(server, batch):
+    job_id = submit(server, py("import sys; sys.exit(7)"))
+    job = wait_for(batch, job_id)
+    assert job["status"] == "FAILED"
+    assert job["container"]["exitCode"] == 7
+    assert job["statusReason"] == "Essential container in task exited"
+
+
+def test_array_children_each_see_their_index(server, batch, tmp_path):
+    job_id = submit(
+        server,
+        py("""
+            import os, pathlib
+            i = os.environ["AWS_BATCH_JOB_ARRAY_INDEX"]
+            (pathlib.Path(os.environ["OUT"]) / i).write_text(os.environ["AWS_BATCH_JOB_ID"])
+        """),
+        env={"OUT": str(tmp_path)},
+        size=4,
+    )
+    parent = wait_for(batch, job_id)
+    assert parent["status"] == "SUCCEEDED"
+    assert parent["arrayProperties"]["size"] == 4
+    assert parent["arrayProperties"]["statusSummary"]["SUCCEEDED"] == 4
+    written = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert written == {str(i): f"{job_id}:{i}" for i in range(4)}
+    children = batch.list_jobs(arrayJobId=job_id)["jobSummaryList"]
+    assert sorted(c["jobId"] for c in children) == [f"{job_id}:{i}" for i in range(4)]
+
+
+def test_array_parent_fails_when_a_child_fails(server, batch):
+    job_id = submit(
+        server, py("import os, sys; sys.exit(int(os.environ['AWS_BATCH_JOB_ARRAY_INDEX']))"), size=2
+    )
+    parent = wait_for(batch, job_id)
+    assert parent["status"] == "FAILED"
+    summary = parent["arrayProperties"]["statusSummary"]
+    assert (summary["SUCCEEDED"], summary["FAILED"]) == (1, 1)
+    child = describe(batch, f"{job_id}:1")
+    assert child["container"]["exitCode"] == 1
+
+
+SLEEPER = py("""
+    import os, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    with open(os.environ["OUT"] + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    os.rename(os.environ["OUT"] + ".tmp", os.environ["OUT"])
+    time.sleep(300)
+""")
+
+
+def read_pids(path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    return [int(p) for p in path.read_text().split()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(gone(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if not gone(p)]
+
+
+def test_terminate_kills_the_process_and_its_children(server, batch, tmp_path):
+    out = tmp_path / "pids"
+    job_id = submit(server, SLEEPER, env={"OUT": str(out)})
+    pids = read_pids(out)
+    assert describe(batch, job_id)["status"] == "RUNNING"
+    assert not any(gone(p) for p in pids)
+    batch.terminate_job(jobId=job_id, reason="test says stop")
+    job = wait_for(batch, job_id, timeout=15)
+    assert job["status"] == "FAILED"
+    assert job["statusReason"] == "test says stop"
+    assert job["container"]["exitCode"] == 128 + signal.SIGTERM
+    assert wait_gone(pids) == []
+
+
+def test_terminating_an_array_parent_stops_every_child(server, batch, tmp_path):
+    job_id = submit(server, SLEEPER, env={"OUT": str(tmp_path / "pids")}, size=2)
+    # both children write the same file name; wait until both are RUNNING instead
+    deadline = time.monotonic() + 30
+    while describe(batch, job_id)["arrayProperties"]["statusSummary"]["RUNNING"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    batch.terminate_job(jobId=job_id, reason="shutdown")
+    parent = wait_for(batch, job_id, timeout=15)
+    assert parent["status"] == "FAILED"
+    assert parent["arrayProperties"]["statusSummary"]["FAILED"] == 2
+    for i in range(2):
+        assert describe(batch, f"{job_id}:{i}")["statusReason"] == "shutdown"
+
+
+def test_cancel_before_start_never_runs_the_job(server, batch, tmp_path):
+    out = tmp_path / "ran"
+    job_id = submit(server, py("import os; open(os.environ['OUT'], 'w')"), env={"OUT": str(out)})
+    batch.cancel_job(jobId=job_id, reason="changed my mind")  # within the 0.6 s before start
+    job = wait_for(batch, job_id)
+    assert job["status"] == "FAILED"
+    assert job["statusReason"] == "changed my mind"
+    assert not out.exists()
+
+
+def test_output_lands_in_cloudwatch_logs(server, batch):
+    _, clients, stack = server
+    job_id = submit(
+        server, py("import sys; print('hello stdout'); print('hello stderr', file=sys.stderr)")
+    )
+    job = wait_for(batch, job_id)
+    stream = job["container"]["logStreamName"]
+    assert stream == f"{STACK}-worker/default/{job_id}"
+    events = clients.client("logs").get_log_events(
+        logGroupName=stack.log_group, logStreamName=stream
+    )["events"]
+    assert sorted(e["message"] for e in events) == ["hello stderr", "hello stdout"]
+
+
+# -- request accounting and fault injection -------------------------------------------------
+
+
+def control(endpoint, method, path, payload=None):
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(f"{endpoint}/_batchexec/{path}", data=data, method=method)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def client(server, service, mode="standard", attempts=1):
+    """A boto3 client making at most `attempts` attempts (botocore's `max_attempts` counts
+    retries, `total_max_attempts` counts the first try too)."""
+    config = botocore.config.Config(retries={"mode": mode, "total_max_attempts": attempts})
+    return boto3.client(
+        service,
+        endpoint_url=server[0],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=config,
+    )
+
+
+@pytest.fixture()
+def counts(server):
+    """Counts of this test's requests only (the module's jobs make none: their commands
+    are plain Python)."""
+    endpoint = server[0]
+    control(endpoint, "DELETE", "faults")
+    control(endpoint, "POST", "requests/reset")
+    yield lambda: control(endpoint, "GET", "requests")
+    control(endpoint, "DELETE", "faults")
+
+
+def test_requests_are_counted_per_operation_and_reset(server, counts):
+    sqs, s3 = client(server, "sqs"), client(server, "s3")
+    sqs.list_queues()
+    sqs.list_queues()
+    s3.put_object(Bucket=server[2].bucket, Key="sessions/x", Body=b"1")
+    s3.get_object(Bucket=server[2].bucket, Key="sessions/x")
+    client(server, "cloudformation").describe_stacks(StackName=STACK)
+    client(server, "batch").describe_job_queues()
+    assert counts() == {
+        "sqs.ListQueues": 2,
+        "s3.PutObject": 1,
+        "s3.GetObject": 1,
+        "cloudformation.DescribeStacks": 1,
+        "batch.DescribeJobQueues": 1,
+    }  # and the control-plane GETs themselves are not counted
+    control(server[0], "POST", "requests/reset")
+    assert counts() == {}
+
+
+@pytest.mark.parametrize(
+    "service, call, code, status",
+    [
+        ("sqs", lambda c: c.list_queues(), "ThrottlingException", 400),  # JSON, query-compatible
+        ("logs", lambda c: c.describe_log_groups(), "ThrottlingException", 400),  # JSON
+        ("s3", lambda c: c.list_buckets(), "SlowDown", 503),  # rest-xml
+        ("batch", lambda c: c.describe_job_queues(), "TooManyRequestsException", 429),
+        ("cloudformation", lambda c: c.list_stacks(), "Throttling", 400),  # query
+        ("ec2", lambda c: c.describe_vpcs(), "RequestLimitExceeded", 503),  # ec2
+    ],
+)
+def test_injected_faults_parse_as_that_aws_error(server, counts, service, call, code, status):
+    op = {"sqs": "ListQueues", "logs": "DescribeLogGroups", "s3": "ListBuckets",
+          "batch": "DescribeJobQueues", "cloudformation": "ListStacks",
+          "ec2": "DescribeVpcs"}[service]  # fmt: skip
+    control(server[0], "POST", "faults", {"operation": f"{service}.{op}", "code": code,
+                                          "status": status})  # fmt: skip
+    c = client(server, service, attempts=1)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        call(c)
+    assert info.value.response["Error"]["Code"] == code
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    call(c)  # the fault was used up: the next call succeeds
+    assert counts() == {f"{service}.{op}": 2}
+
+
+@pytest.mark.parametrize("mode", ["standard", "adaptive"])
+def test_botocore_retries_injected_throttling_then_succeeds(server, counts, mode):
+    sqs = client(server, "sqs", mode=mode, attempts=4)
+    url = sqs.create_queue(QueueName=f"{STACK}-faults-{mode}")["QueueUrl"]
+    fault = {"operation": "SendMessageBatch", "count": 2, "code": "ThrottlingException"}
+    control(server[0], "POST", "faults", fault)
+    r = sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "1", "MessageBody": "x"}])
+    assert [e["Id"] for e in r["Successful"]] == ["1"]
+    assert r["ResponseMetadata"]["RetryAttempts"] == 2
+    assert counts()["sqs.SendMessageBatch"] == 3
+    assert control(server[0], "GET", "faults") == []
+
+
+def test_more_faults_than_retries_surface_the_throttling(server, counts):
+    s3 = client(server, "s3", attempts=2)
+    fault = {"operation": "s3.PutObject", "count": 5, "code": "SlowDown", "status": 503}
+    control(server[0], "POST", "faults", fault)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.put_object(Bucket=server[2].bucket, Key="sessions/y", Body=b"2")
+    assert info.value.response["Error"]["Code"] == "SlowDown"
+    assert counts()["s3.PutObject"] == 2
+    assert control(server[0], "GET", "faults")[0]["count"] == 3
+
+
+def test_bad_fault_spec_is_a_400(server):
+    with pytest.raises(urllib.error.HTTPError) as info:
+        control(server[0], "POST", "faults", {"operation": "X", "bogus": 1})
+    assert info.value.code == 400
+
+
+# -- `batchexec local` and EmbeddedEmulator ----------------------------------------------------
+
+
+def test_local_prints_endpoint_first_and_leaves_no_orphans_on_sigterm(tmp_path):
+    proc, line = start_server()
+    try:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+\n", line), line
+        endpoint = line.strip()
+        clients = AwsClients(region="us-east-1", endpoint_url=endpoint)
+        deploy_stack(clients, "orphans")
+        stack = describe_stack(clients, "orphans")
+        out = tmp_path / "pids"
+        clients.client("batch").submit_job(
+            jobName="sleeper",
+            jobQueue=stack.job_queue,
+            jobDefinition=stack.job_definition,
+            containerOverrides={
+                "command": SLEEPER,
+                "environment": [{"name": "OUT", "value": str(out)}],
+            },
+        )
+        pids = read_pids(out)
+    finally:
+        rc = stop_server(proc)
+    assert rc == 0, proc.stderr.read().decode()[-2000:]
+    assert wait_gone(pids) == []
+
+
+def test_local_reports_a_busy_port_in_one_line(server):
+    port = server[0].rsplit(":", 1)[1]
+    r = subprocess.run(
+        [sys.executable, "-m", "batchexec", "local", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "cannot serve" in r.stderr
+
+
+def test_embedded_emulator_start_deploy_and_close(tmp_path, monkeypatch):
+    # A module importable only through the client's sys.path: workers must import it too.
+    (tmp_path / "usermod_for_emulator.py").write_text("VALUE = 'imported by reference'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from batchexec.emulator import EmbeddedEmulator
+
+    t0 = time.monotonic()
+    emulator = EmbeddedEmulator.start(stack_name="embedded", parameters={"MaxvCpus": "16"})
+    elapsed = time.monotonic() - t0
+    try:
+        assert elapsed < 20, elapsed  # typically ~2 s
+        clients = AwsClients(region="us-east-1", endpoint_url=emulator.endpoint_url)
+        stack = describe_stack(clients, emulator.stack_name)
+        assert stack.default_workers == os.cpu_count()
+        out = tmp_path / "out"
+        job_id = clients.client("batch").submit_job(
+            jobName="import",
+            jobQueue=stack.job_queue,
+            jobDefinition=stack.job_definition,
+            containerOverrides={
+                "command": py(
+                    "import os, usermod_for_emulator as m; open(os.environ['OUT'], 'w')"
+                    ".write(m.VALUE)"
+                ),
+                "environment": [{"name": "OUT", "value": str(out)}],
+            },
+        )["jobId"]
+        job = wait_for(clients.client("batch"), job_id)
+        assert job["status"] == "SUCCEEDED", job.get("statusReason")
+        assert out.read_text() == "imported by reference"
+        server_pid = emulator.pid
+    finally:
+        emulator.close()
+    assert not emulator.running
+    assert gone(server_pid)
+    emulator.close()  # idempotent
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):
+        client((emulator.endpoint_url,), "sqs").list_queues()
+
+
+def test_embedded_emulator_failure_is_clear(tmp_path, monkeypatch):
+    from batchexec.emulator import EmbeddedEmulator, EmulatorStartError
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'boom: no moto here' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    with pytest.raises(EmulatorStartError) as info:
+        EmbeddedEmulator.start(timeout=10)
+    assert "status 3" in str(info.value) and "boom: no moto here" in str(info.value)
+
+
+def test_moto_internals_we_patch_still_exist():
+    """setup.cfg pins moto because jobs.py replaces these; fail loudly when they move."""
+    code = textwrap.dedent("""
+        import moto
+        from moto.batch.models import BatchBackend, Job
+        for name in ("run", "describe_short", "_container_details", "_get_container_property",
+                     "terminate", "_mark_stopped", "_start_attempt", "_add_parameters_to_command",
+                     "_get_attempt_duration", "_wait_for_dependencies"):
+            assert callable(getattr(Job, name)), name
+        assert callable(BatchBackend.cancel_job)
+        from batchexec.emulator import jobs
+        jobs.install("http://127.0.0.1:1")
+        assert Job.run is jobs.run_local_job
+        print(moto.__version__)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    major, minor = (int(x) for x in r.stdout.strip().split(".")[:2])
+    assert (5, 1) <= (major, minor) < (5, 3), "moto outside the range setup.cfg pins"
