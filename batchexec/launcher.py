@@ -149,8 +149,8 @@ class BatchLauncher:
         for job_id in jobs:
             try:
                 self.batch.terminate_job(jobId=job_id, reason="batchexec executor shut down")
-            except botocore.exceptions.ClientError as exc:
-                log.debug("terminating %s: %s", job_id, exc)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                log.warning("terminating worker job %s failed: %s", job_id, exc)
 
 
 class WorkerMonitor(threading.Thread):

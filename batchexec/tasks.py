@@ -153,6 +153,9 @@ class TaskTable:
             self.credits -= 1
             for item in items:
                 self._in_flight[item.task_id] = InFlight(item.future, item.label, number)
+            # The collectors wait for "pending or in flight": a task that left pending before
+            # they looked must wake them now that it is in flight, or its result is never read.
+            self._changed.notify_all()
             return number
 
     # -- the collector and the dead-letter watcher ------------------------------------------

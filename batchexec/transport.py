@@ -30,6 +30,10 @@ _ENTRY_RETRIES = 5
 _TRANSFER = TransferConfig(multipart_threshold=16 * 2**20, multipart_chunksize=16 * 2**20)
 
 
+#: What a call can raise once botocore has given up: a service error, or no answer at all.
+_AWS_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
+
+
 class TransportError(RuntimeError):
     """SQS or S3 refused an operation for good (after botocore's retries)."""
 
@@ -80,7 +84,7 @@ class MessageQueue:
         for _ in range(_ENTRY_RETRIES):
             try:
                 resp = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
-            except botocore.exceptions.ClientError as exc:
+            except _AWS_ERRORS as exc:
                 if is_queue_gone(exc):
                     raise QueueGone(f"{self} no longer exists") from exc
                 raise TransportError(f"sending to {self} failed: {exc}") from exc
@@ -104,7 +108,7 @@ class MessageQueue:
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
                 MessageAttributeNames=["All"],
             )
-        except botocore.exceptions.ClientError as exc:
+        except _AWS_ERRORS as exc:
             if is_queue_gone(exc):
                 raise QueueGone(f"{self} no longer exists") from exc
             raise TransportError(f"receiving from {self} failed: {exc}") from exc
@@ -128,7 +132,7 @@ class MessageQueue:
                     QueueUrl=self.url,
                     Entries=[{"Id": str(j), "ReceiptHandle": r} for j, r in enumerate(chunk)],
                 )
-            except botocore.exceptions.ClientError as exc:
+            except _AWS_ERRORS as exc:
                 if is_queue_gone(exc):
                     raise QueueGone(f"{self} no longer exists") from exc
                 raise TransportError(f"deleting from {self} failed: {exc}") from exc
@@ -143,7 +147,7 @@ class MessageQueue:
             self.sqs.change_message_visibility(
                 QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=int(seconds)
             )
-        except botocore.exceptions.ClientError as exc:
+        except _AWS_ERRORS as exc:
             if is_queue_gone(exc):
                 raise QueueGone(f"{self} no longer exists") from exc
             raise TransportError(f"extending visibility on {self} failed: {exc}") from exc

@@ -1,0 +1,88 @@
+"""Module-level task functions shared by the executor tests.
+
+They live in a module (not in the test files) so ProcessPoolExecutor can pickle them by
+reference; BatchExecutor's workers import this module too (the embedded emulator gives them the
+client's sys.path).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+_state = {"init": None}
+
+
+def square(x):
+    return x * x
+
+
+def add(x, y=0, *, z=0):
+    return x + y + z
+
+
+def fail_on(x, bad):
+    if x == bad:
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+def slow_pid(x, delay=0.2):
+    time.sleep(delay)
+    return x, os.getpid()
+
+
+def record_then(x, log_dir, delay=0.0):
+    """Append this run to log_dir/<x> (to count attempts), then return x."""
+    with open(os.path.join(log_dir, str(x)), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(delay)
+    return x
+
+
+def kill_worker_on(x, bad, log_dir):
+    """Record the attempt; task `bad` kills its own worker every time."""
+    record_then(x, log_dir)
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def set_state(value):
+    _state["init"] = value
+
+
+def get_state(_=None):
+    return _state["init"]
+
+
+def init_raises(message):
+    raise RuntimeError(message)
+
+
+def return_lock(_=None):
+    return threading.Lock()
+
+
+class UnpicklableError(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(_=None):
+    raise UnpicklableError("carries a lock")
+
+
+def nbytes(blob):
+    return len(blob)
+
+
+def identity(x):
+    return x
+
+
+def tagged(tag, x):
+    return tag, x

@@ -1,0 +1,139 @@
+"""BatchExecutor beyond what ProcessPoolExecutor can do: cloudpickle, S3 payloads, buffersize,
+cancellation, packing, and the embedded default."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import threading
+import time
+
+import pytest
+import taskfuncs as tf
+
+from batchexec import BatchExecutor, PayloadTooLargeError, SerializationError
+
+
+def test_lambdas_and_closures(make_executor):
+    ex = make_executor()
+    offset = 10
+
+    def closure(x):
+        return x + offset
+
+    assert ex.submit(lambda: "lambda").result(timeout=60) == "lambda"
+    assert list(ex.map(closure, range(5))) == [10, 11, 12, 13, 14]
+
+
+def test_unpicklable_callable_and_argument_fail_that_future_only(make_executor):
+    ex = make_executor()
+    lock = threading.Lock()
+    bad_fn = ex.submit(lambda: lock)
+    bad_arg = ex.submit(tf.identity, lock)
+    good = ex.submit(tf.square, 3)
+    for f, what in ((bad_fn, "callable"), (bad_arg, "arguments")):
+        err = f.exception(timeout=5)
+        assert isinstance(err, SerializationError)
+        assert f"cannot pickle the {what}" in str(err) and "picklable" in str(err)
+    assert good.result(timeout=60) == 9
+
+
+def test_unpicklable_result_and_exception_are_clear_errors_and_worker_survives(make_executor):
+    ex = make_executor(1)
+    err = ex.submit(tf.return_lock).exception(timeout=60)
+    assert isinstance(err, SerializationError)
+    assert "result of taskfuncs.return_lock" in str(err) and "cannot be pickled" in str(err)
+    err = ex.submit(tf.raise_unpicklable).exception(timeout=60)
+    assert isinstance(err, SerializationError)
+    assert "UnpicklableError: carries a lock" in str(err)
+    assert ex.submit(tf.square, 5).result(timeout=60) == 25  # the same single worker
+
+
+def test_payload_above_inline_limit_goes_through_s3(make_executor, control):
+    ex = make_executor(1, inline_limit=1024)
+    control.reset()
+    blob = os.urandom(300_000)
+    assert ex.submit(tf.nbytes, blob).result(timeout=60) == len(blob)
+    big_result = ex.submit(tf.identity, blob).result(timeout=60)
+    assert big_result == blob
+    counts = control.requests()
+    assert counts.get("s3.PutObject", 0) >= 3, counts  # 2 task payloads, 1 result
+
+
+def test_payload_above_max_payload_size_is_rejected_at_once(make_executor):
+    ex = make_executor(1)
+    started = time.monotonic()
+    f = ex.submit(tf.nbytes, b"x" * (101 * 2**20))
+    err = f.exception(timeout=5)
+    assert isinstance(err, PayloadTooLargeError)
+    assert "max_payload_size" in str(err) and "S3" in str(err)
+    assert time.monotonic() - started < 5
+    assert ex.submit(tf.square, 2).result(timeout=60) == 4
+
+
+def test_cancel_before_sent_and_shutdown_cancel_futures(make_executor):
+    ex = make_executor(1, messages_per_worker=1)
+    first = ex.submit(tf.slow_pid, 0, 1.0)
+    deadline = time.monotonic() + 30
+    while not first.running() and time.monotonic() < deadline:  # sent: no longer cancellable
+        time.sleep(0.01)
+    assert not first.cancel()
+    rest = [ex.submit(tf.slow_pid, i, 1.0) for i in range(1, 30)]
+    assert rest[-1].cancel()
+    assert rest[-1].cancelled()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert first.result()[0] == 0
+    cancelled = [f for f in rest if f.cancelled()]
+    finished = [f for f in rest if not f.cancelled()]
+    assert len(cancelled) >= 20
+    assert all(f.done() and f.exception() is None for f in finished)
+
+
+def test_map_with_buffersize_submits_lazily(make_executor):
+    ex = make_executor(2)
+    consumed = []
+
+    def numbers():
+        for i in range(200):
+            consumed.append(i)
+            yield i
+
+    it = ex.map(tf.square, numbers(), buffersize=10)
+    assert len(consumed) == 10
+    assert next(it) == 0
+    assert len(consumed) == 11
+    assert list(it) == [i * i for i in range(1, 200)]
+
+
+def test_packing_keeps_requests_low(make_executor, control):
+    ex = make_executor(2)
+    list(ex.map(tf.square, range(20)))  # warm up: workers started, durations measured
+    control.reset()
+    assert list(ex.map(tf.square, range(1000))) == [i * i for i in range(1000)]
+    counts = control.requests()
+    total = sum(v for k, v in counts.items() if k.startswith("sqs."))
+    assert total / 1000 < 0.2, counts
+
+
+def test_two_executors_on_one_stack_do_not_cross_talk(make_executor):
+    a, b = make_executor(1), make_executor(1)
+    assert a.session_id != b.session_id
+    fa = [a.submit(tf.tagged, "a", i) for i in range(30)]
+    fb = [b.submit(tf.tagged, "b", i) for i in range(30)]
+    assert [f.result(timeout=60) for f in fa] == [("a", i) for i in range(30)]
+    assert [f.result(timeout=60) for f in fb] == [("b", i) for i in range(30)]
+
+
+def test_embedded_default_with_no_configuration(clean_env):
+    with BatchExecutor(2) as ex:
+        assert ex.endpoint_url.startswith("http://127.0.0.1:")
+        assert list(ex.map(tf.square, range(6))) == [0, 1, 4, 9, 16, 25]
+        assert len(set(pid for _, pid in ex.map(tf.slow_pid, range(8)))) >= 1
+
+
+def test_as_completed_over_many(make_executor):
+    ex = make_executor(2)
+    fs = [ex.submit(tf.square, i) for i in range(100)]
+    assert sorted(f.result() for f in cf.as_completed(fs, timeout=120)) == sorted(
+        i * i for i in range(100)
+    )
