@@ -131,10 +131,26 @@ def window_geotransform(geotransform, window: Window) -> tuple[float, ...]:
     return (g0 + x * g1 + y * g2, g1, g2, g3 + x * g4 + y * g5, g4, g5)
 
 
-def read_window(path: str, window: Window, band: int = 1, dtype=None) -> np.ndarray:
-    """Read one window of one band as a 2-D array (rows, columns)."""
+#: Local reads map uncompressed GeoTIFFs into memory and copy just the window. Through the
+#: block cache instead, a 1026-pixel window of a raster in 512-pixel blocks reads 4 x 4 whole
+#: blocks (the halo spills into the next block on every side): 4x the bytes, and 3.7x the CPU
+#: time of the mapped read on the 8192 x 8192 job. Ignored by GDAL for compressed files.
+_LOCAL_READ_OPTIONS = {"GTIFF_VIRTUAL_MEM_IO": "YES"}
+
+
+def read_window(path: str, window: Window | None = None, band: int = 1,
+                dtype=None) -> np.ndarray:
+    """Read one window (default: all) of one band as a 2-D array (rows, columns)."""
+    options = {} if is_virtual(path) else _LOCAL_READ_OPTIONS
+    with gdal_config(options):
+        return _read_window(path, window, band, dtype)
+
+
+def _read_window(path, window, band, dtype):
     ds = gdal.Open(path)
     try:
+        if window is None:
+            window = Window(0, 0, ds.RasterXSize, ds.RasterYSize)
         b = ds.GetRasterBand(band)
         buf_type = None if dtype is None else gdal_array.NumericTypeCodeToGDALTypeCode(dtype)
         arr = b.ReadAsArray(window.xoff, window.yoff, window.xsize, window.ysize,

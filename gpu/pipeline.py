@@ -337,14 +337,10 @@ def _remove_run_directory(run_dir: str, tasks: Sequence[TileTask]) -> None:
 
 
 def _stitch(out: gdal.Dataset, core: Window, tile_path: str) -> None:
-    ds = gdal.Open(tile_path)
-    try:
-        arr = ds.GetRasterBand(1).ReadAsArray()
-        if arr.shape != (core.ysize, core.xsize):
-            raise ValueError(f"tile file {tile_path} is {arr.shape}, expected core {core}")
-        out.GetRasterBand(1).WriteArray(arr, core.xoff, core.yoff)
-    finally:
-        ds = None
+    arr = gdal_io.read_window(tile_path)
+    if arr.shape != (core.ysize, core.xsize):
+        raise ValueError(f"tile file {tile_path} is {arr.shape}, expected core {core}")
+    out.GetRasterBand(1).WriteArray(arr, core.xoff, core.yoff)
 
 
 def _accumulate(summary: TiledRunSummary, result: TileResult) -> None:
