@@ -41,7 +41,7 @@ def resolve_endpoint(endpoint_url: str | None) -> str | None:
 
 
 def resolve_region(region: str | None, endpoint_url: str | None) -> str:
-    """Explicit argument, then AWS_REGION / AWS_DEFAULT_REGION; an emulator defaults to us-east-1."""
+    """Explicit argument, then AWS_REGION / AWS_DEFAULT_REGION; an endpoint alone: us-east-1."""
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         return region

@@ -55,7 +55,7 @@ class ResultCollector(threading.Thread):
                 received = self.queue.receive()
                 failures = 0
             except QueueGone as exc:
-                self.on_broken(WorkersUnavailableError(f"the session's result queue is gone: {exc}"))
+                self.on_broken(WorkersUnavailableError(f"the result queue is gone: {exc}"))
                 return
             except TransportError as exc:
                 failures += 1

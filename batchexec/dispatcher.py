@@ -72,7 +72,8 @@ class TaskDispatcher(threading.Thread):
                 len(entry.ref) if entry.ref else protocol.encoded_len(len(entry.args))
             )
             fn_size = 0 if entry.ref else protocol.encoded_len(len(item.fn_bytes)) + 32
-            if batch and size + n + (0 if entry.fn in fns else fn_size) > protocol.MESSAGE_BODY_LIMIT:
+            extra = 0 if entry.fn in fns else fn_size
+            if batch and size + n + extra > protocol.MESSAGE_BODY_LIMIT:
                 out.append((batch, TaskMessage(self.session, entries, fns).encode()))
                 batch, entries, fns, size = [], [], {}, 0
             if entry.fn is not None and entry.fn not in fns:

@@ -175,7 +175,7 @@ class WorkerMonitor(threading.Thread):
         self.start_timeout = start_timeout
         self.failure_budget = failure_budget
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._launched_at: float | None = None
         self._seen_failed = 0
         self._streak = 0
@@ -186,14 +186,14 @@ class WorkerMonitor(threading.Thread):
         self._wake.set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self._wake.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
-            if self._stop.is_set():
+            if self._stopping.is_set():
                 return
             try:
                 if self.outstanding() and self._check():

@@ -55,17 +55,17 @@ class Heartbeat(threading.Thread):
         self.interval = max(0.5, visibility_timeout / 3)
         self._receipt: str | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def hold(self, receipt: str | None) -> None:
         with self._lock:
             self._receipt = receipt
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stopping.wait(self.interval):
             with self._lock:
                 receipt = self._receipt
             if receipt is None:

@@ -8,7 +8,6 @@ import os
 import threading
 import time
 
-import pytest
 import taskfuncs as tf
 
 from batchexec import BatchExecutor, PayloadTooLargeError, SerializationError

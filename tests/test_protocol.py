@@ -1,0 +1,165 @@
+"""Pure units: message codec, task table (packing, credits, exactly-once), settings, pickling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+from concurrent.futures import Future
+
+import pytest
+
+from batchexec import protocol
+from batchexec.config import ExecutorOptions, SessionSettings
+from batchexec.dispatcher import TaskDispatcher
+from batchexec.errors import ConfigurationError, RemoteTraceback, SerializationError
+from batchexec.protocol import ResultEntry, ResultMessage, TaskEntry, TaskMessage, WorkerEvent
+from batchexec.serialization import digest, dumps, dumps_exception, loads
+from batchexec.tasks import INITIAL_PACK, MAX_PACK, TaskTable, WorkItem
+
+
+def item(i, fn=b"fn", args=b"args"):
+    return WorkItem(str(i), Future(), "f", fn, digest(fn), args)
+
+
+def test_task_message_round_trip():
+    msg = TaskMessage("s1", [TaskEntry("1", fn="d", args=b"\x00\xff"), TaskEntry("2", ref="k")],
+                      {"d": b"pickled"}, prior_attempts=2)
+    back = protocol.decode(msg.encode())
+    assert back == msg
+
+
+def test_result_and_event_round_trip():
+    msg = ResultMessage("s", "w:0", [ResultEntry("1", True, 0.5, data=b"x"),
+                                     ResultEntry("2", False, 1.0, ref="key")])
+    assert protocol.decode(msg.encode()) == msg
+    ev = WorkerEvent("s", "w", WorkerEvent.INITIALIZER_FAILED, b"err")
+    assert protocol.decode(ev.encode()) == ev
+
+
+def test_other_versions_and_garbage_are_clear_errors():
+    body = json.loads(TaskMessage("s", []).encode())
+    body["v"] = 2
+    with pytest.raises(protocol.ProtocolError, match="version 2 is not supported.*same batchexec"):
+        protocol.decode(json.dumps(body))
+    with pytest.raises(protocol.ProtocolError, match="not JSON"):
+        protocol.decode("hello")
+    with pytest.raises(protocol.ProtocolError, match="malformed"):
+        protocol.decode('{"v": 1, "type": "tasks"}')
+
+
+def test_frame_call_round_trip():
+    assert protocol.unframe_call(protocol.frame_call(b"abc", b"defg")) == (b"abc", b"defg")
+
+
+def test_single_keeps_only_its_callable():
+    msg = TaskMessage("s", [TaskEntry("1", fn="a", args=b""), TaskEntry("2", fn="b", args=b"")],
+                      {"a": b"A", "b": b"B"})
+    one = msg.single(msg.tasks[1], prior_attempts=1)
+    assert one.fns == {"b": b"B"} and one.tasks == [msg.tasks[1]] and one.prior_attempts == 1
+
+
+def test_packing_starts_small_then_follows_task_duration():
+    table = TaskTable(credits=4)
+    for i in range(2000):
+        table.add(item(i))
+    packs = table.take_packs(10)
+    assert [len(p) for p in packs] == [INITIAL_PACK] * 4
+    for p in packs:
+        table.register_message(p)
+    assert table.credits == 0
+    # Results measured at 1 ms a task: packs of 0.5 s / 1 ms = 500, capped at MAX_PACK.
+    for p in packs:
+        for it in p:
+            assert table.resolve(it.task_id, seconds=0.001) is not None
+    assert table.credits == 4
+    assert [len(p) for p in table.take_packs(10)] == [MAX_PACK] * 4
+
+
+def test_low_load_sends_one_task_per_message():
+    table = TaskTable(credits=4)
+    table.add(item(0))
+    assert [len(p) for p in table.take_packs(10)] == [1]
+
+
+def test_long_tasks_go_one_per_message():
+    table = TaskTable(credits=2)
+    table.mean_seconds = 2.0
+    for i in range(10):
+        table.add(item(i))
+    assert [len(p) for p in table.take_packs(10)] == [1, 1]
+
+
+def test_resolution_is_exactly_once_and_returns_credit_per_message():
+    table = TaskTable(credits=1)
+    items = [item(i) for i in range(3)]
+    for it in items:
+        table.add(it)
+    (pack,) = table.take_packs(10)
+    table.register_message(pack)
+    assert table.credits == 0
+    assert table.resolve("0") is not None
+    assert table.resolve("0") is None  # duplicate
+    assert table.resolve("nope") is None  # stranger
+    table.resolve("1")
+    assert table.credits == 0
+    table.resolve("2")
+    assert table.credits == 1 and table.outstanding() == 0 and table.resolved == 3
+
+
+def test_take_packs_returns_none_when_closing():
+    table = TaskTable(credits=1)
+    threading.Timer(0.05, table.close).start()
+    assert table.take_packs(10) is None
+
+
+def test_dispatcher_splits_messages_under_the_size_limit():
+    table = TaskTable(credits=10)
+    d = TaskDispatcher(table, queue=None, store=None, session="s", inline_limit=64 * 1024)
+    items = [item(i, args=b"x" * 50_000) for i in range(12)]
+    for it in items:
+        it.future.set_running_or_notify_cancel()
+    out = d._encode(items)
+    assert sum(len(batch) for batch, _ in out) == 12
+    assert len(out) > 1
+    for batch, body in out:
+        assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT
+        msg = protocol.decode(body)
+        assert len(msg.fns) == 1 and [t.task_id for t in msg.tasks] == [b.task_id for b in batch]
+
+
+def test_session_settings_round_trip_through_environment():
+    s = SessionSettings("a", "q", "r", "d", "b", "p/", visibility_timeout=5, idle_timeout=2.5,
+                        initializer_key="k")
+    assert SessionSettings.from_env(s.to_env()) == s
+    with pytest.raises(ConfigurationError, match="BATCHEXEC_SESSION"):
+        SessionSettings.from_env({})
+
+
+def test_executor_options_are_validated():
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        ExecutorOptions(max_attempts=0)
+    with pytest.raises(ConfigurationError, match="inline_limit"):
+        ExecutorOptions(inline_limit=10**9)
+
+
+def test_pickling_errors_say_what_to_do():
+    with pytest.raises(SerializationError, match="cannot pickle the argument.*open the resource"):
+        dumps(threading.Lock(), "argument")
+    with pytest.raises(SerializationError, match="module 'no_such_modul' is not importable"):
+        loads(pickle.dumps(_Global()).replace(b"test_protocol", b"no_such_modul"), "callable")
+
+
+def test_remote_exception_keeps_type_and_traceback():
+    try:
+        raise KeyError("k")
+    except KeyError as exc:
+        data = dumps_exception(exc)
+    rebuilt = loads(data, "exception").rebuild()
+    assert isinstance(rebuilt, KeyError)
+    assert isinstance(rebuilt.__cause__, RemoteTraceback)
+    assert "test_remote_exception_keeps_type_and_traceback" in str(rebuilt.__cause__)
+
+
+class _Global:
+    """Pickled by reference: renaming its module in the pickle simulates a missing module."""
