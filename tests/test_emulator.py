@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -35,20 +36,29 @@ STACK = "emu"
 
 
 def start_server(**env_overrides) -> tuple[subprocess.Popen, str]:
-    """`python -m batchexec local --port 0`; returns the process and its first stdout line."""
+    """`python -m batchexec local --port 0`; returns the process and its first stdout line.
+    Its stderr goes to a temporary file (`proc.stderr_log`), which nothing has to drain."""
     env = {**os.environ, **env_overrides}
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchexec", "local", "--port", "0"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         env=env,
         start_new_session=True,
     )
+    proc.stderr_log = log
     line = proc.stdout.readline().decode()
     return proc, line
 
 
+def server_stderr(proc: subprocess.Popen) -> str:
+    proc.stderr_log.seek(0)
+    return proc.stderr_log.read().decode(errors="replace")[-3000:]
+
+
 def stop_server(proc: subprocess.Popen) -> int:
+    assert proc.poll() is None, f"the server died early ({proc.returncode}): {server_stderr(proc)}"
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -431,7 +441,7 @@ def test_local_prints_endpoint_first_and_leaves_no_orphans_on_sigterm(tmp_path):
         pids = read_pids(out)
     finally:
         rc = stop_server(proc)
-    assert rc == 0, proc.stderr.read().decode()[-2000:]
+    assert rc == 0, server_stderr(proc)
     assert wait_gone(pids) == []
 
 

@@ -171,15 +171,17 @@ def _tail(stderr_file: Any, limit: int = 2000) -> str:
 
 def _shutdown(proc: subprocess.Popen, stderr_file: Any) -> None:
     """SIGTERM (the server then kills its jobs), SIGKILL the group after a grace, reap."""
+    # Signal the group only while its leader is unreaped: a reaped pid may belong to someone
+    # else by now. (The group holds only the server; its jobs have sessions of their own and
+    # die with it through PR_SET_PDEATHSIG if it is SIGKILLed.)
     try:
         if proc.poll() is None:
             _killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=CLOSE_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                pass
-        _killpg(proc.pid, signal.SIGKILL)  # whatever is left in the group
-        proc.wait(timeout=CLOSE_GRACE_SECONDS)
+                _killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=CLOSE_GRACE_SECONDS)
     except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
         pass
     finally:

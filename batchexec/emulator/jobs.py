@@ -81,19 +81,17 @@ class ProcessRegistry:
             return [p.pid for p in self._procs]
 
     def kill_all(self, grace: float = 1.0) -> None:
-        """SIGTERM every process group, wait up to `grace` seconds, then SIGKILL and reap."""
+        """SIGTERM every job's process group, wait up to `grace` seconds, then SIGKILL."""
         with self._lock:
             procs = list(self._procs)
         for proc in procs:
             _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        while time.monotonic() < deadline and not all(_exited(p.pid) for p in procs):
+            time.sleep(0.05)
         for proc in procs:
             _signal_group(proc.pid, signal.SIGKILL)
+        for proc in procs:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
@@ -226,12 +224,15 @@ class _LocalJob:
             for r in readers:
                 r.start()
             timed_out = self._wait(proc)
-            for r in readers:
-                r.join(timeout=2)
-            self._flush_logs()
         finally:
-            _signal_group(proc.pid, signal.SIGKILL)  # sweep anything the job left behind
+            # The leader has exited but is not reaped yet, so its process-group id cannot
+            # have been reused: sweep whatever the job left behind, then reap.
+            _signal_group(proc.pid, signal.SIGKILL)
             registry.discard(proc)
+            proc.wait()
+        for r in readers:
+            r.join(timeout=2)  # quick: the sweep closed every copy of the pipes
+        self._flush_logs()
 
         rc = proc.returncode
         job.exit_code = rc if rc >= 0 else 128 - rc  # killed by signal N: 128 + N, as Docker
@@ -255,11 +256,9 @@ class _LocalJob:
         timed_out = False
         killing_since: float | None = None
         while True:
-            try:
-                proc.wait(timeout=POLL_SECONDS)
+            if _exited(proc.pid):
                 return timed_out
-            except subprocess.TimeoutExpired:
-                pass
+            time.sleep(POLL_SECONDS)
             self._flush_logs()
             now = time.monotonic()
             if killing_since is None and (job.stop or (deadline and now > deadline)):
@@ -382,6 +381,14 @@ def _refresh_array_parent(parent: Any) -> None:
 
 
 # -- process groups ---------------------------------------------------------------------------
+
+
+def _exited(pid: int) -> bool:
+    """Has our child `pid` exited? Without reaping it (WNOWAIT), so its pid stays ours."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:
