@@ -245,6 +245,8 @@ def run_tiled(
     op = _operation(operation, kernel_options)
     if gdal_io.is_virtual(dst):
         raise ValueError(f"dst must be a local path, got {dst!r}; copy the result afterwards")
+    if not gdal_io.is_virtual(src):
+        src = os.path.abspath(src)  # workers need not share this process's working directory
     t_start = time.perf_counter()
     with gdal_io.s3_config(endpoint_url):
         info = gdal_io.raster_info(src, band)

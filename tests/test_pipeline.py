@@ -308,13 +308,13 @@ def test_vsis3_source_and_tile_store_round_trip(tmp_path, dem_file, moto_endpoin
 # --- BatchExecutor (workers are Batch jobs on the shared emulator) -----------------------------
 
 def test_batch_executor_gives_the_same_raster_and_surfaces_failures(tmp_path, dem_file,
-                                                                    make_executor):
+                                                                    make_executor, monkeypatch):
     with ThreadPoolExecutor(2) as ex:
         run_tiled(ex, dem_file, str(tmp_path / "t.tif"), tile_size=30, progress=False,
                   scale=1.0, z=2.0)
     ex = make_executor(2)
-    summary = run_tiled(ex, dem_file, str(tmp_path / "b.tif"), tile_size=30, progress=False,
-                        scale=1.0, z=2.0)
+    monkeypatch.chdir(tmp_path)  # relative paths work whatever the workers' directory
+    summary = run_tiled(ex, "dem.tif", "b.tif", tile_size=30, progress=False, scale=1.0, z=2.0)
     np.testing.assert_array_equal(_read(tmp_path / "b.tif"), _read(tmp_path / "t.tif"))
     assert summary.tiles == 9 and len(summary.workers) >= 1
 
