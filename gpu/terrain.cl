@@ -11,10 +11,14 @@
  *   MODE         MODE_HILLSHADE, MODE_COMBINED, MODE_MULTIDIR, MODE_SLOPE, MODE_ASPECT
  *   ALG_ZT       1: Zevenbergen-Thorne, 0: Horn
  *   SAME_RES     1: gdaldem's GDALHillshadeAlg_same_res (gt[1] == -gt[5], plain Horn)
- *   HAS_NODATA, NODATA_IS_NAN, COMPUTE_EDGES, PERCENT, TRIGONOMETRIC
- *   FLAT_VALUE   what aspect writes for flat cells (gdaldem writes the output nodata value)
- *   DST_NODATA   output nodata (0 for hillshade, -9999 for slope/aspect, 0 with -zero_for_flat)
+ *   HAS_NODATA, NODATA_IS_NAN, PERCENT
  *   REAL         float or double: precision of the shading/angle arithmetic
+ *
+ * Run-time arguments (uniform branches, so options that only matter at the edges or in one
+ * comparison do not multiply the number of programs to compile):
+ *   flags        FLAG_COMPUTE_EDGES | FLAG_TRIGONOMETRIC
+ *   dst_nodata   output nodata (0 for hillshade, -9999 for slope/aspect, 0 with
+ *                -zero_for_flat); aspect also writes it for flat cells, as gdaldem does
  *
  * Two kernels: terrain_interior covers the (nx-2) x (ny-2) cells whose 3x3 window lies inside
  * the raster, with no edge logic so the CPU vectoriser gets straight-line code; terrain_border
@@ -46,6 +50,9 @@ typedef float OUT_T;
 #else
 typedef uchar OUT_T;
 #endif
+
+#define FLAG_COMPUTE_EDGES 1
+#define FLAG_TRIGONOMETRIC 2
 
 #define RAD2DEG ((REAL)57.29577951308232)
 #define DEG2RAD ((REAL)0.017453292519943295)
@@ -88,18 +95,16 @@ inline OUT_T to_out(float v)
 
 /* ComputeVal(): nodata centre -> nodata; a nodata neighbour -> nodata, or with -compute_edges
  * replaced by the centre value. Returns false when the output is nodata. */
-inline bool screen_nodata(WIN_T *w, NODATA_T nd)
+inline bool screen_nodata(WIN_T *w, NODATA_T nd, int flags)
 {
 #if HAS_NODATA
     if (is_nodata(w[4], nd))
         return false;
     for (int k = 0; k < 9; k++) {
         if (is_nodata(w[k], nd)) {
-#if COMPUTE_EDGES
+            if (!(flags & FLAG_COMPUTE_EDGES))
+                return false;
             w[k] = w[4];
-#else
-            return false;
-#endif
         }
     }
 #endif
@@ -107,7 +112,8 @@ inline bool screen_nodata(WIN_T *w, NODATA_T nd)
 }
 
 /* The per-cell algorithms, on a screened 3x3 window w[0..8] (row-major, w[4] = centre). */
-inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4, REAL c5)
+inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4, REAL c5,
+                     int flags, float dst_nodata)
 {
 #if MODE == MODE_ASPECT
     /* GDALAspectAlg / GDALAspectZevenbergenThorneAlg; c* unused (gdaldem ignores resolution) */
@@ -120,17 +126,15 @@ inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
 #endif
     float aspect = (float)(atan2((REAL)dy, -(REAL)dx) / DEG2RAD);
     if (dx == 0 && dy == 0) {
-        aspect = FLAT_VALUE;
-    } else {
-#if TRIGONOMETRIC
+        aspect = dst_nodata;
+    } else if (flags & FLAG_TRIGONOMETRIC) {
         if (aspect < 0.0f)
             aspect += 360.0f;
-#else
+    } else {
         if (aspect > 90.0f)
             aspect = 450.0f - aspect;
         else
             aspect = 90.0f - aspect;
-#endif
     }
     if (aspect == 360.0f)
         aspect = 0.0f;
@@ -234,6 +238,7 @@ inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
 
 __kernel void terrain_interior(__global const SRC_T *restrict src, __global OUT_T *restrict dst,
                                const int nx, const int ny, const NODATA_T nd,
+                               const int flags, const float dst_nodata,
                                const REAL c0, const REAL c1, const REAL c2,
                                const REAL c3, const REAL c4, const REAL c5)
 {
@@ -249,10 +254,10 @@ __kernel void terrain_interior(__global const SRC_T *restrict src, __global OUT_
                   (WIN_T)mid[-1], (WIN_T)mid[0], (WIN_T)mid[1],
                   (WIN_T)down[-1], (WIN_T)down[0], (WIN_T)down[1]};
     float v;
-    if (screen_nodata(w, nd))
-        v = compute(w, c0, c1, c2, c3, c4, c5);
+    if (screen_nodata(w, nd, flags))
+        v = compute(w, c0, c1, c2, c3, c4, c5, flags, dst_nodata);
     else
-        v = DST_NODATA;
+        v = dst_nodata;
     dst[row] = to_out(v);
 }
 
@@ -260,6 +265,7 @@ __kernel void terrain_interior(__global const SRC_T *restrict src, __global OUT_
  * columns of the rows in between (2*nx + 2*(ny-2) cells when ny >= 2). */
 __kernel void terrain_border(__global const SRC_T *restrict src, __global OUT_T *restrict dst,
                              const int nx, const int ny, const NODATA_T nd,
+                             const int flags, const float dst_nodata,
                              const REAL c0, const REAL c1, const REAL c2,
                              const REAL c3, const REAL c4, const REAL c5)
 {
@@ -282,9 +288,8 @@ __kernel void terrain_border(__global const SRC_T *restrict src, __global OUT_T 
     }
     const size_t out = (size_t)y * (size_t)nx + (size_t)x;
 
-#if COMPUTE_EDGES
-    if (nx < 2 || ny < 2) {
-        dst[out] = to_out(DST_NODATA);
+    if (!(flags & FLAG_COMPUTE_EDGES) || nx < 2 || ny < 2) {
+        dst[out] = to_out(dst_nodata);
         return;
     }
     WIN_T w[9];
@@ -328,12 +333,9 @@ __kernel void terrain_border(__global const SRC_T *restrict src, __global OUT_T 
         }
     }
     float v;
-    if (screen_nodata(w, nd))
-        v = compute(w, c0, c1, c2, c3, c4, c5);
+    if (screen_nodata(w, nd, flags))
+        v = compute(w, c0, c1, c2, c3, c4, c5, flags, dst_nodata);
     else
-        v = DST_NODATA;
+        v = dst_nodata;
     dst[out] = to_out(v);
-#else
-    dst[out] = to_out(DST_NODATA);
-#endif
 }

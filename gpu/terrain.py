@@ -34,6 +34,10 @@ from gpu.gdaldem_rules import (
 
 MODES = {"hillshade": 1, "combined": 2, "multidirectional": 3, "slope": 4, "aspect": 5}
 
+# Run-time flags of the kernels (must match terrain.cl).
+FLAG_COMPUTE_EDGES = 1
+FLAG_TRIGONOMETRIC = 2
+
 # Arithmetic precision per mode. float keeps the CPU vector units twice as wide; double is
 # used where float rounding would be visible against gdaldem's double arithmetic.
 PRECISION = {"hillshade": "float", "combined": "float", "multidirectional": "float",
@@ -81,17 +85,16 @@ def run_terrain(mode: str, dem, geotransform, *, nodata=None, compute_edges=Fals
         out_dtype, dst_nodata = np.float32, SLOPE_NODATA
     if mode == "aspect" and zero_for_flat:
         dst_nodata = 0.0  # gdaldem then sets no output nodata, so edges/holes are 0 too
-    real = PRECISION[mode]
+    real = "double" if percent else PRECISION[mode]  # percent slopes reach 1e4: float ulps show
     options = (
         f"-DSRC_T={spec.ctype}", f"-DSRC_IS_INT={int(spec.is_int)}",
         f"-DMODE={MODES[mode]}", f"-DALG_ZT={int(alg == 'ZevenbergenThorne')}",
         f"-DSAME_RES={int(same_res)}", f"-DHAS_NODATA={int(spec.has_nodata)}",
         f"-DNODATA_IS_NAN={int(spec.nodata_is_nan)}",
-        f"-DCOMPUTE_EDGES={int(bool(compute_edges))}", f"-DPERCENT={int(bool(percent))}",
-        f"-DTRIGONOMETRIC={int(bool(trigonometric))}",
-        f"-DFLAT_VALUE={dst_nodata!r}f", f"-DDST_NODATA={dst_nodata!r}f",
-        f"-DREAL={real}",
+        f"-DPERCENT={int(bool(percent))}", f"-DREAL={real}",
     )
+    flags = (FLAG_COMPUTE_EDGES if compute_edges else 0) | \
+        (FLAG_TRIGONOMETRIC if trigonometric else 0)
     st = device.state()
     prg = device.program("terrain.cl", options)
     out = buffers.empty_aligned((ny, nx), out_dtype)
@@ -100,7 +103,8 @@ def run_terrain(mode: str, dem, geotransform, *, nodata=None, compute_edges=Fals
     nd = np.int32(spec.nodata) if spec.is_int else np.float32(spec.nodata)
     src_buf = buffers.input_buffer(st, arr)
     dst_buf = buffers.output_buffer(st, out)
-    args = (src_buf, dst_buf, np.int32(nx), np.int32(ny), nd, *consts)
+    args = (src_buf, dst_buf, np.int32(nx), np.int32(ny), nd, np.int32(flags),
+            np.float32(dst_nodata), *consts)
     events = []
     if nx > 2 and ny > 2:
         kernel = cl.Kernel(prg, "terrain_interior")
@@ -134,7 +138,8 @@ def hillshade(dem, geotransform, *, z=1.0, scale=1.0, azimuth=315.0, altitude=45
     """``gdaldem hillshade`` for a 2-D array: uint8 shading 1..255, 0 for nodata and edges.
 
     ``combined`` and ``multidirectional`` select gdaldem's -combined / -multidirectional
-    (mutually exclusive, as in gdaldem); ``multidirectional`` ignores ``azimuth``.
+    (mutually exclusive, as in gdaldem); with ``multidirectional`` the azimuth must stay at
+    its default, since gdaldem refuses -az there.
     """
     alg = normalize_alg(alg)
     gt = check_geotransform(geotransform)
@@ -145,6 +150,9 @@ def hillshade(dem, geotransform, *, z=1.0, scale=1.0, azimuth=315.0, altitude=45
     if combined and multidirectional:
         raise TerrainInputError("combined and multidirectional are mutually exclusive "
                                 "(as gdaldem's -combined and -multidirectional)")
+    if multidirectional and azimuth != 315.0:
+        raise TerrainInputError("multidirectional shading uses fixed azimuths (225, 270, 315, "
+                                "360); gdaldem rejects -az with -multidirectional")
     if multidirectional:
         return run_terrain("multidirectional", dem, gt, nodata=nodata,
                            compute_edges=compute_edges, alg=alg,
