@@ -267,7 +267,7 @@ def print_report(r: dict) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", help="DEM (GDAL path); default: generated sample DEM")
     p.add_argument("--output", default="hillshade-output/hillshade.tif",
