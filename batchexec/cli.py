@@ -87,6 +87,8 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     if parameters and args.action not in ("deploy", "update"):
         raise _CliError(f"--parameter applies to deploy and update, not {args.action}")
     clients = AwsClients.resolve(region=args.region, endpoint_url=args.endpoint_url)
+    if clients.endpoint_url:
+        clients.check_reachable()  # seconds, not minutes of retries, for a wrong address
     name = args.name
     if args.action == "deploy":
         status = stack.deploy_stack(clients, name, parameters, wait=args.wait)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import botocore.exceptions
+import botocore.parsers
 import yaml
 
 from .aws import AwsClients, error_code
@@ -236,8 +237,29 @@ def _call(clients: AwsClients, name: str, method, **kwargs):
     except botocore.exceptions.ClientError as exc:
         message = exc.response.get("Error", {}).get("Message", str(exc))
         raise StackOperationError(
-            f"{method.__name__} of stack {name!r} failed ({error_code(exc)}): {message}"
+            f"{method.__name__} of stack {name!r} failed ({error_code(exc)}): "
+            f"{_one_line(message)}{_emulator_hint(clients, method.__name__)}"
         ) from None
+    except (botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError) as exc:
+        raise StackOperationError(
+            f"{method.__name__} of stack {name!r} failed: {_one_line(str(exc))}"
+            f"{_emulator_hint(clients, method.__name__)}"
+        ) from None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[:limit] + "..."
+
+
+def _emulator_hint(clients: AwsClients, operation: str) -> str:
+    """moto's CloudFormation cannot update or delete every resource of our template."""
+    if clients.endpoint_url and operation in ("update_stack", "delete_stack"):
+        return (
+            "; the emulator (moto) cannot update or delete this stack reliably: restart "
+            "`batchexec local` and deploy afresh instead"
+        )
+    return ""
 
 
 def _wait(clients: AwsClients, name: str, waiter_name: str, delay: float | None,
