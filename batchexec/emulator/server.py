@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import TextIO
 
 
@@ -31,8 +32,12 @@ class _Stop(Exception):
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
-          out: TextIO | None = None) -> int:  # fmt: skip
-    """Serve until SIGINT/SIGTERM. Port 0 picks a free port. Returns the exit status."""
+          exit_with_parent: bool = False, out: TextIO | None = None) -> int:  # fmt: skip
+    """Serve until SIGINT/SIGTERM. Port 0 picks a free port. Returns the exit status.
+
+    exit_with_parent: also stop when the process that started us dies, even by SIGKILL (the
+    embedded emulator's client), so a killed client leaks no server and no jobs.
+    """
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
@@ -62,6 +67,8 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
         raise _Stop()
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    if exit_with_parent:
+        _watch_parent(os.getppid())
     out = out or sys.stdout
     out.write(endpoint + "\n")
     out.flush()
@@ -80,3 +87,18 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
         jobs.registry.kill_all()
         server.server_close()
     return 0
+
+
+#: How often the server checks that its parent is still alive (exit_with_parent).
+PARENT_POLL_SECONDS = 1.0
+
+
+def _watch_parent(parent: int) -> None:
+    """When our parent dies we are re-parented: getppid() changes. Then stop like on SIGTERM."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="batchexec-parent-watch", daemon=True).start()
