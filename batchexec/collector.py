@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed polls (each already retried by botocore) before the executor gives up.
 MAX_POLL_FAILURES = 5
-#: A dead-lettered message of another live session is hidden from us this long, so its owner
-#: can claim it and we do not receive it over and over.
-FOREIGN_HIDE_SECONDS = 30
+#: A dead-lettered message of another live session is hidden from us this long: short, because
+#: its owner's watcher only sees it once it is visible again; long enough that we do not
+#: receive it over and over while the owner claims it.
+FOREIGN_HIDE_SECONDS = 2
 #: ... and of a session that has ended, this long (SQS's maximum, 12 hours): it stays in the
 #: queue for operators to inspect until its retention period ends.
 ENDED_HIDE_SECONDS = 43200

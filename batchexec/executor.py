@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
@@ -159,7 +158,9 @@ class BatchExecutor(Executor):
         )
         for thread in (*self._threads, self._monitor):
             thread.start()
-        _live_executors.add(self)
+        # Registered after the emulator started: atexit runs hooks last-in first-out, so this
+        # shuts the executor down while its emulator (closed by its own finalizer) still runs.
+        atexit.register(self._shutdown_at_exit)
 
     # -- introspection -----------------------------------------------------------------------
 
@@ -307,7 +308,14 @@ class BatchExecutor(Executor):
         if self._emulator is not None:
             self._emulator.close()
             self._emulator = None
-        _live_executors.discard(self)
+        atexit.unregister(self._shutdown_at_exit)
+
+    def _shutdown_at_exit(self) -> None:
+        """A program that forgot shutdown() still waits for its tasks and leaks nothing."""
+        try:
+            self.shutdown(wait=True, cancel_futures=True)
+        except Exception as exc:  # never mask the program's own exit status
+            log.warning("shutting down %r at exit failed: %s", self, exc)
 
 
 def _chunks(iterable: Iterable, n: int) -> Iterator[tuple]:
@@ -342,16 +350,3 @@ def _map_results(futures: deque, more, submit, end_time, chunked: bool):
     finally:
         for future in futures:
             future.cancel()
-
-
-_live_executors: weakref.WeakSet[BatchExecutor] = weakref.WeakSet()
-
-
-@atexit.register
-def _shutdown_at_exit() -> None:
-    """An executor the program forgot to shut down still releases its workers and queues."""
-    for executor in list(_live_executors):
-        try:
-            executor.shutdown(wait=True, cancel_futures=True)
-        except Exception as exc:  # never mask the program's own exit status
-            log.warning("shutting down %r at exit failed: %s", executor, exc)

@@ -64,9 +64,13 @@ class Session:
                 "VisibilityTimeout": str(options.visibility_timeout),
                 "ReceiveMessageWaitTimeSeconds": "20",
                 "MessageRetentionPeriod": str(_RETENTION_SECONDS),
+                # One receive more than max_attempts: the worker that receives a message past
+                # its attempts moves it to the dead-letter queue itself (after splitting a
+                # failed pack, so no innocent task is abandoned with a poison one); the redrive
+                # policy is the backstop for a worker that dies while doing so.
                 "RedrivePolicy": json.dumps({
                     "deadLetterTargetArn": stack.dead_letter_queue_arn,
-                    "maxReceiveCount": str(options.max_attempts),
+                    "maxReceiveCount": str(options.max_attempts + 1),
                 }),
             },
             tags=tags,

@@ -192,10 +192,13 @@ class Worker:
         attempts = msg.prior_attempts + message.receive_count
         if len(msg.tasks) > 1 and message.receive_count > 1:
             # A worker died while running this pack. Retrying the whole pack would let one
-            # poison task fail its neighbours: give each task its own message and attempts.
+            # poison task fail its neighbours: give each task its own message. Which task
+            # killed the worker is unknown, so each is charged the pack's failed runs, but never
+            # so many that it loses its own solo attempt.
             log.warning("pack %s was redelivered: splitting its %d tasks",
                         message.message_id, len(msg.tasks))
-            singles = [msg.single(t, attempts - 1).encode() for t in msg.tasks]
+            prior = min(attempts - 1, self.settings.max_attempts - 1)
+            singles = [msg.single(t, prior).encode() for t in msg.tasks]
             self.tasks.send(singles, self.settings.session)
             self.tasks.delete([message.receipt])
             return

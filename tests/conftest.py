@@ -81,6 +81,9 @@ class Control:
         self._call("POST", "/_batchexec/faults",
                    {"operation": operation, "count": count, "code": code, "status": status})
 
+    def armed_faults(self) -> list:
+        return self._call("GET", "/_batchexec/faults")
+
     def clear_faults(self) -> None:
         self._call("DELETE", "/_batchexec/faults")
 

@@ -95,6 +95,7 @@ def test_throttling_is_retried(make_executor, control):
     control.fault("ReceiveMessage", 3)
     control.fault("DeleteMessageBatch", 2, code="RequestThrottled")
     assert list(ex.map(tf.square, range(30))) == [i * i for i in range(30)]
+    assert not control.armed_faults()  # every injected fault was hit, and retried
 
 
 def test_missing_stack_is_a_one_line_error(emulator, clean_env):
@@ -140,3 +141,20 @@ def test_bad_options_are_rejected(clean_env, emulator):
         BatchExecutor(0, stack="x", endpoint_url=emulator.endpoint_url)
     with pytest.raises(TypeError, match="unexpected keyword"):
         BatchExecutor(stack="x", endpoint_url=emulator.endpoint_url, visibilty_timeout=3)
+
+
+def test_dead_letters_of_two_sessions_reach_their_own_owner(make_executor, tmp_path):
+    """The stack's dead-letter queue is shared: each executor claims only its own messages."""
+    a = make_executor(1, max_attempts=1, visibility_timeout=2)
+    b = make_executor(1, max_attempts=1, visibility_timeout=2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fa = [a.submit(tf.kill_worker_on, i, 1, str(tmp_path / "a")) for i in range(3)]
+    fb = [b.submit(tf.kill_worker_on, i, 2, str(tmp_path / "b")) for i in range(3)]
+    for futures, poison in ((fa, 1), (fb, 2)):
+        for i, f in enumerate(futures):
+            if i == poison:
+                err = f.exception(timeout=180)
+                assert isinstance(err, TaskDeadLetteredError) and err.task_id == f"{i}", err
+            else:
+                assert f.result(timeout=180) == i

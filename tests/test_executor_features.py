@@ -88,6 +88,15 @@ def test_cancel_before_sent_and_shutdown_cancel_futures(make_executor):
     assert all(f.done() and f.exception() is None for f in finished)
 
 
+def test_shutdown_without_wait_returns_at_once_and_tasks_finish(make_executor):
+    ex = make_executor(1)
+    futures = [ex.submit(tf.slow_pid, i, 0.3) for i in range(3)]
+    started = time.monotonic()
+    ex.shutdown(wait=False)
+    assert time.monotonic() - started < 1
+    assert [f.result(timeout=60)[0] for f in futures] == [0, 1, 2]
+
+
 def test_map_with_buffersize_submits_lazily(make_executor):
     ex = make_executor(2)
     consumed = []
