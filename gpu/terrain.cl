@@ -13,6 +13,7 @@
  *   SAME_RES     1: gdaldem's GDALHillshadeAlg_same_res (gt[1] == -gt[5], plain Horn)
  *   HAS_NODATA, NODATA_IS_NAN, PERCENT
  *   REAL         float or double: precision of the shading/angle arithmetic
+ *   REAL_IS_DOUBLE  1 when REAL is double
  *
  * Run-time arguments (uniform branches, so options that only matter at the edges or in one
  * comparison do not multiply the number of programs to compile):
@@ -24,12 +25,16 @@
  * the raster, with no edge logic so the CPU vectoriser gets straight-line code; terrain_border
  * covers the one-cell frame, where gdaldem writes nodata or (-compute_edges) extrapolates.
  *
- * FP contraction is off so a*b+c rounds like gdaldem's SSE2 code (no FMA there).
+ * FP contraction stays at OpenCL's default (on): "#pragma OPENCL FP_CONTRACT OFF" makes PoCL's
+ * LLVM refuse to vectorise any kernel that divides, and an FMA only moves results by an ulp.
+ * Sums that decide flatness (aspect) have no products, so they round exactly as gdaldem's.
  */
-#pragma OPENCL FP_CONTRACT OFF
 #if defined(cl_khr_fp64)
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 #endif
+
+/* Every helper is forced inline: a call left in the kernel body stops PoCL's vectoriser. */
+#define INLINE __attribute__((always_inline)) inline
 
 #define MODE_HILLSHADE 1
 #define MODE_COMBINED 2
@@ -58,23 +63,80 @@ typedef uchar OUT_T;
 #define DEG2RAD ((REAL)0.017453292519943295)
 #define INV_SQUARE_OF_HALF_PI ((REAL)0.40528473456935108) /* 1 / ((pi * pi) / 4) */
 
+/* PoCL's sqrt/rsqrt/fabs/copysign builtins are out-of-line calls, and one call in the body
+ * stops the work-item loop from being vectorised. Clang's __builtin_* versions lower to LLVM
+ * intrinsics (sqrtps and friends), which vectorise; sqrt is correctly rounded either way. */
+#if REAL_IS_DOUBLE
+#define SQRT(v) __builtin_sqrt(v)
+#else
+#define SQRT(v) __builtin_sqrtf(v)
+#endif
+#define RSQRT(v) ((REAL)1 / SQRT(v))
+#define FABSF(v) __builtin_fabsf(v)
+#define COPYSIGNF(a, b) __builtin_copysignf(a, b)
+
+/* Branch-free single-precision atan / atan2 (Cephes atanf coefficients, max relative error
+ * ~2e-7): the library versions are scalar calls on PoCL and made slope and aspect 8x slower
+ * than hillshade. Every branch is a select, so the work-group vectoriser keeps SIMD lanes. */
+INLINE float atan_f(float v)
+{
+    const float ax = FABSF(v);
+    const bool big = ax > 2.414213562373095f;    /* tan(3 pi / 8) */
+    const bool mid = ax > 0.4142135623730950f;   /* tan(pi / 8) */
+    const float num = big ? -1.0f : (mid ? ax - 1.0f : ax);
+    const float den = big ? ax : (mid ? ax + 1.0f : 1.0f);
+    const float xr = num / den;
+    const float base = big ? 1.5707963267948966f : (mid ? 0.7853981633974483f : 0.0f);
+    const float z = xr * xr;
+    const float p = ((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z
+                    - 3.33329491539e-1f;
+    return COPYSIGNF(base + (p * z * xr + xr), v);
+}
+
+INLINE float atan2_f(float y, float x)
+{
+    const float ay = FABSF(y), ax = FABSF(x);
+    const bool swap = ay > ax;
+    float r = atan_f((swap ? ax : ay) / (swap ? ay : ax));
+    r = swap ? 1.5707963267948966f - r : r;
+    r = (x < 0.0f) ? 3.141592653589793f - r : r;
+    return COPYSIGNF(r, y);
+}
+
+
+/* acos(c) = atan2(sqrt((1 - c)(1 + c)), c): accurate near |c| = 1, and vectorisable. */
+INLINE float acos_f(float c)
+{
+    return atan2_f(SQRT((1.0f - c) * (1.0f + c)), c);
+}
+
+#if REAL_IS_DOUBLE
+#define ATAN(v) atan(v)
+#define ATAN2(y, x) atan2(y, x)
+#define ACOS(v) acos(v)
+#else
+#define ATAN(v) atan_f(v)
+#define ATAN2(y, x) atan2_f(y, x)
+#define ACOS(v) acos_f(v)
+#endif
+
 /* gdaldem's nodata test: integer path compares exactly; Float32 path uses ARE_REAL_EQUAL
  * (|a - b| < FLT_EPSILON * |a + b| * 2) or isnan when the nodata value is NaN. */
-inline bool is_nodata(WIN_T v, NODATA_T nd)
+INLINE bool is_nodata(WIN_T v, NODATA_T nd)
 {
 #if !HAS_NODATA
     return false;
 #elif SRC_IS_INT
     return v == nd;
 #elif NODATA_IS_NAN
-    return isnan(v);
+    return v != v; /* isnan() is an out-of-line call on PoCL */
 #else
-    return v == nd || fabs(v - nd) < FLT_EPSILON * fabs(v + nd) * 2.0f;
+    return v == nd || FABSF(v - nd) < FLT_EPSILON * FABSF(v + nd) * 2.0f;
 #endif
 }
 
 /* INTERPOL(): linear extrapolation 2a - b used for the missing row/column at raster edges. */
-inline WIN_T interpol(WIN_T a, WIN_T b, NODATA_T nd)
+INLINE WIN_T interpol(WIN_T a, WIN_T b, NODATA_T nd)
 {
 #if HAS_NODATA
     if (is_nodata(a, nd) || is_nodata(b, nd))
@@ -84,18 +146,22 @@ inline WIN_T interpol(WIN_T a, WIN_T b, NODATA_T nd)
 }
 
 /* Output conversion as GDALCopyWords does for Float32 -> Byte: add 0.5f, clamp, truncate. */
-inline OUT_T to_out(float v)
+INLINE OUT_T to_out(float v)
 {
 #if MODE == MODE_SLOPE || MODE == MODE_ASPECT
     return v;
 #else
-    return (uchar)fmin(fmax(v + 0.5f, 0.0f), 255.0f);
+    /* ternaries, not fmin/fmax: PoCL's builtins are calls that stop the loop vectoriser */
+    float r = v + 0.5f;
+    r = r > 0.0f ? r : 0.0f; /* also maps NaN to 0, as GDAL does */
+    r = r < 255.0f ? r : 255.0f;
+    return (uchar)r;
 #endif
 }
 
 /* ComputeVal(): nodata centre -> nodata; a nodata neighbour -> nodata, or with -compute_edges
  * replaced by the centre value. Returns false when the output is nodata. */
-inline bool screen_nodata(WIN_T *w, NODATA_T nd, int flags)
+INLINE bool screen_nodata(WIN_T *w, NODATA_T nd, int flags)
 {
 #if HAS_NODATA
     if (is_nodata(w[4], nd))
@@ -112,7 +178,7 @@ inline bool screen_nodata(WIN_T *w, NODATA_T nd, int flags)
 }
 
 /* The per-cell algorithms, on a screened 3x3 window w[0..8] (row-major, w[4] = centre). */
-inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4, REAL c5,
+INLINE float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4, REAL c5,
                      int flags, float dst_nodata)
 {
 #if MODE == MODE_ASPECT
@@ -124,21 +190,13 @@ inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
     const WIN_T dx = (w[2] + w[5] + w[5] + w[8]) - (w[0] + w[3] + w[3] + w[6]);
     const WIN_T dy = (w[6] + w[7] + w[7] + w[8]) - (w[0] + w[1] + w[1] + w[2]);
 #endif
-    float aspect = (float)(atan2((REAL)dy, -(REAL)dx) / DEG2RAD);
-    if (dx == 0 && dy == 0) {
-        aspect = dst_nodata;
-    } else if (flags & FLAG_TRIGONOMETRIC) {
-        if (aspect < 0.0f)
-            aspect += 360.0f;
-    } else {
-        if (aspect > 90.0f)
-            aspect = 450.0f - aspect;
-        else
-            aspect = 90.0f - aspect;
-    }
-    if (aspect == 360.0f)
-        aspect = 0.0f;
-    return aspect;
+    /* gdaldem's if/else chain written as selects (branches stop the vectoriser) */
+    const float a = (float)(ATAN2((REAL)dy, -(REAL)dx) / DEG2RAD);
+    const float trig = a < 0.0f ? a + 360.0f : a;
+    const float azimuth = a > 90.0f ? 450.0f - a : 90.0f - a;
+    float aspect = (flags & FLAG_TRIGONOMETRIC) ? trig : azimuth;
+    aspect = ((dx == 0) & (dy == 0)) ? dst_nodata : aspect; /* flat */
+    return aspect == 360.0f ? 0.0f : aspect;
 #else /* gradient-based modes */
 
 #if MODE == MODE_HILLSHADE && SAME_RES
@@ -159,7 +217,7 @@ inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
     const REAL x = (REAL)accX;
     const REAL y = (REAL)accY;
     const REAL xx_plus_yy = x * x + y * y;
-    const REAL cang_mul_254 = (c0 + (x * c1 + y * c2)) * rsqrt((REAL)1 + c3 * xx_plus_yy);
+    const REAL cang_mul_254 = (c0 + (x * c1 + y * c2)) * RSQRT((REAL)1 + c3 * xx_plus_yy);
     return (float)(cang_mul_254 <= (REAL)0 ? (REAL)1 : (REAL)1 + cang_mul_254);
 #else
 
@@ -177,9 +235,9 @@ inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
     const REAL dy = (REAL)sy / c1;
     const REAL key = dx * dx + dy * dy;
 #if PERCENT
-    return (float)(100 * (sqrt(key) / c2));
+    return (float)(100 * (SQRT(key) / c2));
 #else
-    return (float)(atan(sqrt(key) / c2) * RAD2DEG);
+    return (float)(ATAN(SQRT(key) / c2) * RAD2DEG);
 #endif
 
 #elif MODE == MODE_HILLSHADE
@@ -188,7 +246,7 @@ inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
     const REAL x = (REAL)sx * c0;
     const REAL y = (REAL)sy * c1;
     const REAL xx_plus_yy = x * x + y * y;
-    const REAL cang_mul_254 = (c2 - (y * c3 - x * c4)) * rsqrt((REAL)1 + c5 * xx_plus_yy);
+    const REAL cang_mul_254 = (c2 - (y * c3 - x * c4)) * RSQRT((REAL)1 + c5 * xx_plus_yy);
     return (float)(cang_mul_254 <= (REAL)0 ? (REAL)1 : (REAL)1 + cang_mul_254);
 
 #elif MODE == MODE_COMBINED
@@ -198,9 +256,11 @@ inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
     const REAL y = (REAL)sy * c1;
     const REAL xx_plus_yy = x * x + y * y;
     const REAL slope = xx_plus_yy * c5;
-    const REAL cos_ang = (c2 - (y * c3 - x * c4)) * rsqrt((REAL)1 + slope);
-    REAL cang = acos(clamp(cos_ang, (REAL)-1, (REAL)1));
-    cang = (REAL)1 - cang * atan(sqrt(slope)) * INV_SQUARE_OF_HALF_PI;
+    const REAL cos_ang = (c2 - (y * c3 - x * c4)) * RSQRT((REAL)1 + slope);
+    REAL c = cos_ang > (REAL)1 ? (REAL)1 : cos_ang;
+    c = c < (REAL)-1 ? (REAL)-1 : c;
+    REAL cang = ACOS(c);
+    cang = (REAL)1 - cang * ATAN(SQRT(slope)) * INV_SQUARE_OF_HALF_PI;
     return cang <= (REAL)0 ? 1.0f : (float)((REAL)1 + (REAL)254 * cang);
 
 #elif MODE == MODE_MULTIDIR
@@ -227,7 +287,7 @@ inline float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
     const REAL weight_360 = yy;
     const REAL cang_mul_127 =
         ((weight_225 * val225 + weight_270 * val270 + weight_315 * val315 +
-          weight_360 * val360) / xx_plus_yy) * rsqrt((REAL)1 + c5 * xx_plus_yy);
+          weight_360 * val360) / xx_plus_yy) * RSQRT((REAL)1 + c5 * xx_plus_yy);
     return (float)((REAL)1 + cang_mul_127);
 #endif
 #endif /* SAME_RES */

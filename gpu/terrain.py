@@ -92,6 +92,7 @@ def run_terrain(mode: str, dem, geotransform, *, nodata=None, compute_edges=Fals
         f"-DSAME_RES={int(same_res)}", f"-DHAS_NODATA={int(spec.has_nodata)}",
         f"-DNODATA_IS_NAN={int(spec.nodata_is_nan)}",
         f"-DPERCENT={int(bool(percent))}", f"-DREAL={real}",
+        f"-DREAL_IS_DOUBLE={int(real == 'double')}",
     )
     flags = (FLAG_COMPUTE_EDGES if compute_edges else 0) | \
         (FLAG_TRIGONOMETRIC if trigonometric else 0)
@@ -109,8 +110,11 @@ def run_terrain(mode: str, dem, geotransform, *, nodata=None, compute_edges=Fals
     if nx > 2 and ny > 2:
         kernel = cl.Kernel(prg, "terrain_interior")
         kernel.set_args(*args)
-        events.append(cl.enqueue_nd_range_kernel(
-            st.queue, kernel, (nx - 2, ny - 2), INTERIOR_LOCAL_SIZE))
+        local = INTERIOR_LOCAL_SIZE
+        grid = (nx - 2, ny - 2)
+        if local is not None:  # round up: the kernel bounds-checks
+            grid = tuple(-(-g // size) * size for g, size in zip(grid, local, strict=True))
+        events.append(cl.enqueue_nd_range_kernel(st.queue, kernel, grid, local))
     border = nx if ny == 1 else 2 * nx + 2 * max(ny - 2, 0)
     kernel = cl.Kernel(prg, "terrain_border")
     kernel.set_args(*args)
