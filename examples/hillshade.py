@@ -44,7 +44,7 @@ from osgeo import gdal, osr
 
 import gpu
 from gpu import gdal_io
-from gpu.pipeline import DEFAULT_TILE_SIZE, run_tiled
+from gpu.pipeline import DEFAULT_TILE_SIZE, run_tiled, warm_up
 
 gdal.UseExceptions()
 
@@ -172,12 +172,17 @@ def write_preview(src: str, png: str, size: int = PREVIEW_SIZE) -> str:
 
 # -- executors -----------------------------------------------------------------------------------
 
-def open_executor(args):
+def open_executor(args, warm_up_source: str | None = None):
+    """The executor; with warm_up_source, each worker builds its kernel program at start."""
+    init = {}
+    if warm_up_source:
+        init = dict(initializer=warm_up, initargs=(
+            os.path.abspath(warm_up_source), "hillshade", 1, kernel_options(args)))
     if args.executor == "process":
-        return ProcessPoolExecutor(args.workers)
+        return ProcessPoolExecutor(args.workers, **init)
     from batchexec import BatchExecutor
 
-    return BatchExecutor(args.workers, stack=args.stack)
+    return BatchExecutor(args.workers, stack=args.stack, **init)
 
 
 def stage_on_s3(executor, local_or_vsi: str) -> tuple[str, str]:
@@ -214,7 +219,9 @@ def main(argv=None) -> dict:
               "workers": args.workers, "tile_size": args.tile_size}
     with ExitStack() as stack:
         t0 = time.perf_counter()
-        ex = stack.enter_context(open_executor(args))
+        # Workers that share this filesystem build their kernel program as they start (on a
+        # stack the input is staged on S3 only once the executor exists: no warm-up there).
+        ex = stack.enter_context(open_executor(args, None if args.stack else src))
         # One small task first: it tells which device the workers use, and takes worker
         # start-up (and, on Batch, job launch) out of the pipeline's timing.
         report["device"] = ex.submit(gpu.device_info).result()

@@ -17,7 +17,7 @@ from osgeo import gdal
 
 import gpu
 from gpu import gdal_io
-from gpu.pipeline import TileFailedError, run_tiled
+from gpu.pipeline import TileFailedError, run_tiled, warm_up
 
 gdal.UseExceptions()
 
@@ -206,6 +206,14 @@ def test_options_are_checked_before_anything_runs(tmp_path, dem_file):
         with pytest.raises(ValueError, match="unknown operation 'roughness'"):
             run_tiled(ex, dem_file, str(tmp_path / "o.tif"), operation="roughness")
     assert os.listdir(tmp_path) == ["dem.tif"]
+
+
+def test_warm_up_builds_the_kernel_as_an_initializer(tmp_path, dem_file):
+    with ThreadPoolExecutor(1, initializer=warm_up,
+                            initargs=(dem_file, "slope", 1, {"scale": 1.0})) as ex:
+        run_tiled(ex, dem_file, str(tmp_path / "o.tif"), operation="slope", tile_size=40,
+                  progress=False, scale=1.0)
+    assert warm_up(dem_file) is None
 
 
 def test_progress_bar_can_be_forced_on(tmp_path, dem_file, capsys):
