@@ -58,6 +58,7 @@ typedef uchar OUT_T;
 
 #define FLAG_COMPUTE_EDGES 1
 #define FLAG_TRIGONOMETRIC 2
+#define FLAG_NEVER_SET 0x40000000 /* see GDALHillshadeAlg_same_res below */
 
 #define RAD2DEG ((REAL)57.29577951308232)
 #define DEG2RAD ((REAL)0.017453292519943295)
@@ -203,11 +204,19 @@ INLINE float compute(const WIN_T *w, REAL c0, REAL c1, REAL c2, REAL c3, REAL c4
     /* GDALHillshadeAlg_same_res: the accumulation order gdaldem uses when gt[1] == -gt[5]
      * c0 = sin_alt*254, c1 = sin_az*cos_alt*z*254*inv_res, c2 = cos_az*cos_alt*z*254*-inv_res,
      * c3 = square_z*inv_res^2 */
+    /* LLVM's SLP pass pairs w0 - w8 with w1 - w7 (adjacent loads) into a 2-wide vector,
+     * which then stops the work-group loop from vectorising 8- or 16-wide. OR-ing w1 with a
+     * run-time zero (a flag bit that is never set) hides the pairing and costs one op. */
+#if SRC_IS_INT
+    const WIN_T w1 = w[1];
+#else
+    const WIN_T w1 = as_float(as_int(w[1]) | (flags & FLAG_NEVER_SET));
+#endif
     WIN_T accX = w[0] - w[8];
     const WIN_T six_minus_two = w[6] - w[2];
     WIN_T accY = accX;
     const WIN_T three_minus_five = w[3] - w[5];
-    const WIN_T one_minus_seven = w[1] - w[7];
+    const WIN_T one_minus_seven = w1 - w[7];
     accX += three_minus_five;
     accY += one_minus_seven;
     accX += three_minus_five;
