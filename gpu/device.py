@@ -230,6 +230,7 @@ def device_info() -> str:
     """Platform, device and OpenCL version in use, e.g. for logs and benchmark tables."""
     st = state()
     dev = st.device
-    kind = cl.device_type.to_string(dev.type)
+    kind = "GPU" if dev.type & cl.device_type.GPU else (
+        "CPU" if dev.type & cl.device_type.CPU else cl.device_type.to_string(dev.type))
     return (f"platform: {dev.platform.name.strip()}; device: {dev.name.strip()} ({kind}, "
             f"{dev.max_compute_units} compute units, {dev.version.strip()})")
