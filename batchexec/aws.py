@@ -93,7 +93,7 @@ class AwsClients:
 
     def config(self, **overrides) -> botocore.config.Config:
         opts = dict(
-            retries={"mode": self.retry_mode, "max_attempts": self.retry_attempts},
+            retries={"mode": self.retry_mode, "total_max_attempts": self.retry_attempts},
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
             max_pool_connections=32,
@@ -106,7 +106,7 @@ class AwsClients:
         sqs = self._session.client(
             "sqs",
             endpoint_url=self.endpoint_url,
-            config=self.config(retries={"mode": "standard", "max_attempts": 2}),
+            config=self.config(retries={"mode": "standard", "total_max_attempts": 2}),
         )
         try:
             sqs.list_queues(MaxResults=1)

@@ -141,9 +141,11 @@ class DeadLetterWatcher(threading.Thread):
                 received = self.queue.receive()
                 failures = 0
             except TransportError as exc:
+                if self.table.closing:  # shut down mid-poll: the endpoint may be gone already
+                    return
                 failures += 1
                 log.warning("polling the dead-letter queue failed: %s", exc)
-                if failures >= MAX_POLL_FAILURES or self.table.closing:
+                if failures >= MAX_POLL_FAILURES:
                     return
                 continue
             for message in received:

@@ -128,6 +128,7 @@ class BatchExecutor(Executor):
             self._release()
             raise
 
+        self._session_id = self._session.id
         self._max_workers = max_workers or self.stack.default_workers
         self._table = TaskTable(credits=self._options.messages_per_worker * self._max_workers)
         session = self._session
@@ -174,7 +175,8 @@ class BatchExecutor(Executor):
 
     @property
     def session_id(self) -> str:
-        return self._session.id
+        """This executor's session: its queues and S3 prefix are named after it."""
+        return self._session_id
 
     def __repr__(self) -> str:
         where = self._clients.endpoint_url or f"AWS {self._clients.region}"
