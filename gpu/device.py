@@ -16,11 +16,20 @@ Selection order (first match wins):
    ``pocl-binary-distribution`` here), else whatever device exists.
 
 Build cache directory: ``BATCHEXEC_OPENCL_CACHE_DIR``, else ``$XDG_CACHE_HOME/batchexec/opencl``,
-else ``~/.cache/batchexec/opencl``.
+else ``~/.cache/batchexec/opencl``. pyopencl keeps its own binary cache there only for drivers
+that do not cache builds themselves; PoCL and NVIDIA do (pyopencl then skips its cache), so
+before OpenCL is first initialised in the process this module points their caches into the
+same directory -- ``POCL_CACHE_DIR=<dir>/pocl`` and ``CUDA_CACHE_PATH=<dir>/nvidia`` -- unless
+those variables are already set. (PoCL's cache also holds the per-work-group-size machine
+code it compiles at first launch, which is most of its compile time.)
 
-Fork safety: the state records ``os.getpid()``; a child that inherits it (fork) drops it and
-builds its own, because OpenCL contexts do not survive ``fork``. ``os.register_at_fork`` also
-replaces the lock in the child, so a fork taken while another thread held it cannot deadlock.
+Fork safety: the state records ``os.getpid()`` and is created lazily, so a worker started with
+``spawn`` or ``forkserver``, or forked before any kernel ran, builds its own. OpenCL drivers do
+not survive ``fork`` once initialised (PoCL's worker threads and NVIDIA's driver state stay in
+the parent; a child's first launch would hang), so a child forked from a process that had
+already set up its device raises :class:`ForkedAfterInitError` instead of hanging.
+``os.register_at_fork`` also replaces the lock in the child, so a fork taken while another
+thread held it cannot deadlock.
 """
 
 from __future__ import annotations
@@ -44,6 +53,10 @@ _KERNEL_DIR = Path(__file__).resolve().parent
 
 class DeviceSelectionError(RuntimeError):
     """No OpenCL device matches the request (or OpenCL offers none at all)."""
+
+
+class ForkedAfterInitError(RuntimeError):
+    """This process was forked after its parent initialised OpenCL; it cannot use OpenCL."""
 
 
 class KernelBuildError(RuntimeError):
@@ -70,10 +83,12 @@ class DeviceState:
 
 _lock = threading.Lock()
 _state: DeviceState | None = None
+_parent_had_opencl = False  # set in a forked child whose parent had created its state
 
 
 def _reset_after_fork() -> None:
-    global _lock, _state
+    global _lock, _state, _parent_had_opencl
+    _parent_had_opencl = _parent_had_opencl or _state is not None
     _lock = threading.Lock()
     _state = None
 
@@ -89,6 +104,16 @@ def cache_dir() -> str:
         path = os.path.join(base, "batchexec", "opencl")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def _point_driver_caches(path: str) -> None:
+    """Send PoCL's and NVIDIA's own build caches to ``path`` unless the user chose already.
+
+    Only effective before the first OpenCL call of the process (drivers read them at init).
+    """
+    for var, sub in (("POCL_CACHE_DIR", "pocl"), ("CUDA_CACHE_PATH", "nvidia")):
+        if not os.environ.get(var):
+            os.environ[var] = os.path.join(path, sub)
 
 
 def _all_devices() -> list[tuple[int, int, cl.Platform, cl.Device]]:
@@ -150,6 +175,8 @@ def _pick_default() -> cl.Device:
 
 
 def _create_state() -> DeviceState:
+    build_cache = cache_dir()
+    _point_driver_caches(build_cache)
     spec = os.environ.get(ENV_DEVICE)
     if spec:
         device = _pick_by_spec(spec)
@@ -168,7 +195,7 @@ def _create_state() -> DeviceState:
         props = cl.command_queue_properties.PROFILING_ENABLE
     queue = cl.CommandQueue(context, device, properties=props)
     state = DeviceState(
-        pid=os.getpid(), context=context, queue=queue, device=device, cache_dir=cache_dir()
+        pid=os.getpid(), context=context, queue=queue, device=device, cache_dir=build_cache
     )
     log.info("OpenCL device: %s (chosen by %s); build cache %s",
              _describe(device.platform, device), how, state.cache_dir)
@@ -183,6 +210,12 @@ def state() -> DeviceState:
         return current
     with _lock:
         if _state is None or _state.pid != os.getpid():
+            if _parent_had_opencl:
+                raise ForkedAfterInitError(
+                    "this process was forked after its parent initialised OpenCL, which "
+                    "cannot work in the child (the driver's threads stayed in the parent); "
+                    "start workers with multiprocessing 'spawn' or 'forkserver', or fork them "
+                    "before the parent runs any gpu kernel")
             _state = _create_state()
         return _state
 
