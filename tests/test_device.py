@@ -92,17 +92,27 @@ def test_selection_is_logged_to_the_gpu_logger():
 
 
 def test_programs_are_built_once_per_process():
-    dem = np.random.default_rng(0).normal(size=(40, 50)).astype(np.float32)
-    gpu.slope(dem, GT)
-    built = device.build_count()
-    first = gpu.slope(dem, GT)
-    for _ in range(3):
-        np.testing.assert_array_equal(gpu.slope(dem, GT), first)
-    assert device.build_count() == built
-    gpu.slope(dem.astype(np.int16), GT)  # another element type: one more program
-    assert device.build_count() == built + 1
-    gpu.slope(dem.astype(np.int16), GT)
-    assert device.build_count() == built + 1
+    code = """
+        import numpy as np, gpu
+        from gpu import device
+        dem = np.random.default_rng(0).normal(size=(40, 50)).astype(np.float32)
+        gt = (0.0, 10.0, 0.0, 0.0, 0.0, -10.0)
+        counts = []
+        first = gpu.slope(dem, gt)
+        counts.append(device.build_count())
+        for scale in (1.0, 2.0, 3.0):  # scale is a kernel argument, not a build option
+            gpu.slope(dem, gt, scale=scale)
+        np.testing.assert_array_equal(gpu.slope(dem, gt), first)
+        counts.append(device.build_count())
+        gpu.slope(dem.astype(np.int16), gt)  # another element type: one more program
+        counts.append(device.build_count())
+        gpu.slope(dem.astype(np.int16), gt)
+        counts.append(device.build_count())
+        print(counts)
+    """
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[1, 1, 2, 2]"
 
 
 def test_concurrent_first_calls_build_once():
