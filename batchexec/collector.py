@@ -8,14 +8,16 @@ delivered twice (a worker died after sending it, and the task ran again) is igno
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+
+import botocore.exceptions
 
 from . import protocol
 from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
 from .protocol import ResultEntry, ResultMessage, TaskMessage, WorkerEvent
 from .serialization import loads
 from .tasks import TaskTable
+from .threads import ServiceThread
 from .transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ ENDED_HIDE_SECONDS = 43200
 BreakHandler = Callable[[BaseException], None]
 
 
-class ResultCollector(threading.Thread):
+class ResultCollector(ServiceThread):
     def __init__(
         self,
         table: TaskTable,
@@ -42,14 +44,13 @@ class ResultCollector(threading.Thread):
         session: str,
         on_broken: BreakHandler,
     ):
-        super().__init__(name="batchexec-collector", daemon=True)
+        super().__init__("batchexec-collector", on_broken)
         self.table = table
         self.queue = queue
         self.store = store
         self.session = session
-        self.on_broken = on_broken
 
-    def run(self) -> None:
+    def serve(self) -> None:
         failures = 0
         while self.table.wait_for_work():
             try:
@@ -115,7 +116,7 @@ class ResultCollector(threading.Thread):
             record.future.set_exception(value.rebuild())
 
 
-class DeadLetterWatcher(threading.Thread):
+class DeadLetterWatcher(ServiceThread):
     """Fails the futures of this session's tasks that reached the stack's dead-letter queue."""
 
     def __init__(
@@ -125,8 +126,9 @@ class DeadLetterWatcher(threading.Thread):
         session: str,
         max_attempts: int,
         session_alive: Callable[[str], bool],
+        on_broken: BreakHandler,
     ):
-        super().__init__(name="batchexec-dead-letters", daemon=True)
+        super().__init__("batchexec-dead-letters", on_broken)
         self.table = table
         self.queue = queue
         self.session = session
@@ -134,7 +136,7 @@ class DeadLetterWatcher(threading.Thread):
         self.session_alive = session_alive
         self._alive_cache: dict[str, bool] = {}
 
-    def run(self) -> None:
+    def serve(self) -> None:
         failures = 0
         while self.table.wait_for_work():
             try:
@@ -151,7 +153,8 @@ class DeadLetterWatcher(threading.Thread):
             for message in received:
                 try:
                     self._handle(message)
-                except TransportError as exc:
+                except (TransportError, botocore.exceptions.ClientError,
+                        botocore.exceptions.BotoCoreError) as exc:
                     log.warning("handling a dead-lettered message failed: %s", exc)
 
     def _handle(self, message: Received) -> None:

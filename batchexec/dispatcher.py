@@ -9,17 +9,18 @@ limits allow. A failure to send fails exactly the futures of that message and no
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable
 
 from . import protocol
 from .protocol import TaskEntry, TaskMessage
 from .tasks import TaskTable, WorkItem
+from .threads import ServiceThread
 from .transport import MessageQueue, PayloadStore, TransportError
 
 log = logging.getLogger(__name__)
 
 
-class TaskDispatcher(threading.Thread):
+class TaskDispatcher(ServiceThread):
     def __init__(
         self,
         table: TaskTable,
@@ -27,15 +28,16 @@ class TaskDispatcher(threading.Thread):
         store: PayloadStore,
         session: str,
         inline_limit: int,
+        on_broken: Callable[[BaseException], None],
     ):
-        super().__init__(name="batchexec-dispatcher", daemon=True)
+        super().__init__("batchexec-dispatcher", on_broken)
         self.table = table
         self.queue = queue
         self.store = store
         self.session = session
         self.inline_limit = inline_limit
 
-    def run(self) -> None:
+    def serve(self) -> None:
         while True:
             packs = self.table.take_packs(protocol.SQS_BATCH_ENTRIES)
             if packs is None:

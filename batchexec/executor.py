@@ -141,11 +141,11 @@ class BatchExecutor(Executor):
         )
         self._threads = [
             TaskDispatcher(self._table, session.tasks, session.store, session.id,
-                           self._options.inline_limit),
+                           self._options.inline_limit, self._set_broken),
             ResultCollector(self._table, session.results, session.store, session.id,
                             self._set_broken),
             DeadLetterWatcher(self._table, session.dead_letters, session.id,
-                              self._options.max_attempts, session.is_alive),
+                              self._options.max_attempts, session.is_alive, self._set_broken),
         ]
         self._monitor = WorkerMonitor(
             self._launcher,

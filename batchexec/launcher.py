@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import botocore.exceptions
 
 from .errors import WorkersUnavailableError
+from .threads import ServiceThread
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class BatchLauncher:
                 log.warning("terminating worker job %s failed: %s", job_id, exc)
 
 
-class WorkerMonitor(threading.Thread):
+class WorkerMonitor(ServiceThread):
     def __init__(
         self,
         launcher: BatchLauncher,
@@ -165,12 +166,11 @@ class WorkerMonitor(threading.Thread):
         start_timeout: float,
         failure_budget: int,
     ):
-        super().__init__(name="batchexec-monitor", daemon=True)
+        super().__init__("batchexec-monitor", on_broken)
         self.launcher = launcher
         self.max_workers = max_workers
         self.outstanding = outstanding
         self.progress = progress
-        self.on_broken = on_broken
         self.interval = interval
         self.start_timeout = start_timeout
         self.failure_budget = failure_budget
@@ -189,7 +189,7 @@ class WorkerMonitor(threading.Thread):
         self._stopping.set()
         self._wake.set()
 
-    def run(self) -> None:
+    def serve(self) -> None:
         while not self._stopping.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()

@@ -12,10 +12,16 @@ import pytest
 from batchexec import protocol
 from batchexec.config import ExecutorOptions, SessionSettings
 from batchexec.dispatcher import TaskDispatcher
-from batchexec.errors import ConfigurationError, RemoteTraceback, SerializationError
+from batchexec.errors import (
+    ConfigurationError,
+    RemoteTraceback,
+    SerializationError,
+    WorkersUnavailableError,
+)
 from batchexec.protocol import ResultEntry, ResultMessage, TaskEntry, TaskMessage, WorkerEvent
 from batchexec.serialization import digest, dumps, dumps_exception, loads
 from batchexec.tasks import INITIAL_PACK, MAX_PACK, TaskTable, WorkItem
+from batchexec.threads import ServiceThread
 
 
 def item(i, fn=b"fn", args=b"args"):
@@ -115,7 +121,8 @@ def test_take_packs_returns_none_when_closing():
 
 def test_dispatcher_splits_messages_under_the_size_limit():
     table = TaskTable(credits=10)
-    d = TaskDispatcher(table, queue=None, store=None, session="s", inline_limit=64 * 1024)
+    d = TaskDispatcher(table, queue=None, store=None, session="s", inline_limit=64 * 1024,
+                       on_broken=pytest.fail)
     items = [item(i, args=b"x" * 50_000) for i in range(12)]
     for it in items:
         it.future.set_running_or_notify_cancel()
@@ -159,6 +166,22 @@ def test_remote_exception_keeps_type_and_traceback():
     assert isinstance(rebuilt, KeyError)
     assert isinstance(rebuilt.__cause__, RemoteTraceback)
     assert "test_remote_exception_keeps_type_and_traceback" in str(rebuilt.__cause__)
+
+
+def test_a_service_thread_that_crashes_breaks_the_executor_instead_of_dying_silently():
+    reported = []
+
+    class Crashing(ServiceThread):
+        def serve(self):
+            raise KeyError("boom")
+
+    t = Crashing("batchexec-test", reported.append)
+    t.start()
+    t.join(5)
+    (error,) = reported
+    assert isinstance(error, WorkersUnavailableError)
+    assert "batchexec-test" in str(error) and "KeyError" in str(error)
+    assert isinstance(error.__cause__, KeyError)
 
 
 class _Global:
