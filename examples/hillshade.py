@@ -225,6 +225,7 @@ def main(argv=None) -> dict:
         # One small task first: it tells which device the workers use, and takes worker
         # start-up (and, on Batch, job launch) out of the pipeline's timing.
         report["device"] = ex.submit(gpu.device_info).result()
+        report["workers"] = getattr(ex, "max_workers", None) or getattr(ex, "_max_workers", None)
         report["executor_start_s"] = time.perf_counter() - t0
         source, tile_store, endpoint = src, None, None
         if args.stack:
