@@ -198,8 +198,8 @@ def main(argv=None) -> int:
         "dem": f"{n}x{n} Float32 (synthetic relief + noise), gt[1] = -gt[5] = 10",
         "device": gpu.device_info(),
         "host": f"{platform.platform()}, {os.cpu_count()} CPUs",
-        "gdaldem": subprocess.run([gdaldem, "--version"], capture_output=True, text=True
-                                  ).stdout.strip() if use_gdaldem else None,
+        "gdaldem": (subprocess.run([gdaldem, "--version"], capture_output=True, text=True)
+                    .stdout.strip().splitlines() or [None])[0] if use_gdaldem else None,
         "gdaldem_io": args.tmpdir,
         "repeat": args.repeat,
         "peak_bandwidth_gb_s": peak,
