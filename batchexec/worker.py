@@ -18,6 +18,7 @@ Tasks run in the main thread, one at a time: a GPU worker owns its device.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
@@ -171,7 +172,7 @@ class Worker:
             if remaining <= 0:
                 log.info("no task for %.0f s: exiting", self.settings.idle_timeout)
                 return
-            received = self.tasks.receive(max_messages=1, wait=min(remaining, 20) + 0.999)
+            received = self.tasks.receive(max_messages=1, wait=math.ceil(min(remaining, 20)))
             for message in received:
                 self._handle(message, heartbeat)
                 idle_since = time.monotonic()
