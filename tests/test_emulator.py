@@ -537,20 +537,26 @@ CLIENT = textwrap.dedent("""
     print(emulator.pid, flush=True)
     if sys.argv[1] == "hang":
         time.sleep(300)
-    # "forget": exit without close(); weakref.finalize must stop the server
+    # "forget": once told (so the test saw the server alive first), exit without close();
+    # weakref.finalize must stop the server
+    sys.stdin.readline()
 """)
 
 
 @pytest.mark.parametrize("how", ["forget", "hang"])
 def test_a_client_that_forgets_or_is_killed_leaks_no_emulator(how):
     client_proc = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, how], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CLIENT, how], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         server_pid = int(client_proc.stdout.readline())
         assert not gone(server_pid)
         if how == "hang":
             client_proc.kill()  # SIGKILL: no finalizer runs; the server must notice by itself
+        else:
+            client_proc.stdin.write("exit\n")
+            client_proc.stdin.flush()
         client_proc.wait(timeout=30)
     finally:
         if client_proc.poll() is None:
