@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -108,19 +109,8 @@ class AwsClients:
             endpoint_url=self.endpoint_url,
             config=self.config(retries={"mode": "standard", "total_max_attempts": 2}),
         )
-        try:
+        with connection_errors_explained(self.endpoint_url):
             sqs.list_queues(MaxResults=1)
-        except (
-            botocore.exceptions.EndpointConnectionError,
-            botocore.exceptions.ConnectTimeoutError,
-            botocore.exceptions.ReadTimeoutError,
-        ) as exc:
-            raise EndpointUnreachableError(self.endpoint_url, str(exc)) from None
-        except botocore.exceptions.NoCredentialsError:
-            raise ConfigurationError(
-                "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or an "
-                "instance role), or run on the embedded emulator by unsetting BATCHEXEC_STACK"
-            ) from None
 
     def worker_environment(self) -> dict[str, str]:
         """What a worker needs to reach the same endpoint in the same region."""
@@ -128,6 +118,25 @@ class AwsClients:
         if self.endpoint_url:
             env["AWS_ENDPOINT_URL"] = self.endpoint_url
         return env
+
+
+@contextmanager
+def connection_errors_explained(endpoint_url: str | None):
+    """Turn "nothing answers" and "no credentials" into batchexec's one-line errors."""
+    try:
+        yield
+    except (
+        botocore.exceptions.EndpointConnectionError,
+        botocore.exceptions.ConnectTimeoutError,
+        botocore.exceptions.ReadTimeoutError,
+    ) as exc:
+        raise EndpointUnreachableError(endpoint_url, str(exc)) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise ConfigurationError(
+            "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or an "
+            "instance role), or use an emulator: unset BATCHEXEC_STACK for the embedded one, "
+            "or point AWS_ENDPOINT_URL / --endpoint-url at `batchexec local`"
+        ) from None
 
 
 def is_loopback(endpoint_url: str | None) -> bool:

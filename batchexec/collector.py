@@ -35,7 +35,44 @@ ENDED_HIDE_SECONDS = 43200
 BreakHandler = Callable[[BaseException], None]
 
 
-class ResultCollector(ServiceThread):
+class QueuePoller(ServiceThread):
+    """Long-polls one queue while tasks are outstanding and hands what arrives to handle().
+
+    A poll that fails (after botocore's own retries) is tried again; MAX_POLL_FAILURES in a
+    row, or the queue being deleted under us, break the executor: the futures this thread
+    serves could not be resolved otherwise. A failure after shutdown began is no error.
+    """
+
+    def __init__(self, name: str, table: TaskTable, queue: MessageQueue,
+                 on_broken: BreakHandler):
+        super().__init__(name, on_broken)
+        self.table = table
+        self.queue = queue
+
+    def serve(self) -> None:
+        failures = 0
+        while self.table.wait_for_work():
+            try:
+                received = self.queue.receive()
+            except TransportError as exc:
+                if self.table.closing:  # shut down mid-poll: the endpoint may be gone already
+                    return
+                failures += 1
+                log.warning("polling %s failed (%d/%d): %s", self.queue, failures,
+                            MAX_POLL_FAILURES, exc)
+                if isinstance(exc, QueueGone) or failures >= MAX_POLL_FAILURES:
+                    self.on_broken(WorkersUnavailableError(f"cannot poll {self.queue}: {exc}"))
+                    return
+                continue
+            failures = 0
+            if received:
+                self.handle(received)
+
+    def handle(self, received: list[Received]) -> None:
+        raise NotImplementedError
+
+
+class ResultCollector(QueuePoller):
     def __init__(
         self,
         table: TaskTable,
@@ -44,36 +81,17 @@ class ResultCollector(ServiceThread):
         session: str,
         on_broken: BreakHandler,
     ):
-        super().__init__("batchexec-collector", on_broken)
-        self.table = table
-        self.queue = queue
+        super().__init__("batchexec-collector", table, queue, on_broken)
         self.store = store
         self.session = session
 
-    def serve(self) -> None:
-        failures = 0
-        while self.table.wait_for_work():
-            try:
-                received = self.queue.receive()
-                failures = 0
-            except QueueGone as exc:
-                self.on_broken(WorkersUnavailableError(f"the result queue is gone: {exc}"))
-                return
-            except TransportError as exc:
-                failures += 1
-                log.warning("polling for results failed (%d/%d): %s", failures,
-                            MAX_POLL_FAILURES, exc)
-                if failures >= MAX_POLL_FAILURES:
-                    self.on_broken(WorkersUnavailableError(f"cannot receive results: {exc}"))
-                    return
-                continue
-            for message in received:
-                self._handle(message)
-            if received:
-                try:
-                    self.queue.delete(m.receipt for m in received)
-                except TransportError as exc:  # they will be seen again and ignored as duplicates
-                    log.warning("deleting result messages failed: %s", exc)
+    def handle(self, received: list[Received]) -> None:
+        for message in received:
+            self._handle(message)
+        try:
+            self.queue.delete(m.receipt for m in received)
+        except TransportError as exc:  # they will be seen again and ignored as duplicates
+            log.warning("deleting result messages failed: %s", exc)
 
     def _handle(self, message: Received) -> None:
         try:
@@ -116,7 +134,7 @@ class ResultCollector(ServiceThread):
             record.future.set_exception(value.rebuild())
 
 
-class DeadLetterWatcher(ServiceThread):
+class DeadLetterWatcher(QueuePoller):
     """Fails the futures of this session's tasks that reached the stack's dead-letter queue."""
 
     def __init__(
@@ -128,34 +146,19 @@ class DeadLetterWatcher(ServiceThread):
         session_alive: Callable[[str], bool],
         on_broken: BreakHandler,
     ):
-        super().__init__("batchexec-dead-letters", on_broken)
-        self.table = table
-        self.queue = queue
+        super().__init__("batchexec-dead-letters", table, queue, on_broken)
         self.session = session
         self.max_attempts = max_attempts
         self.session_alive = session_alive
         self._alive_cache: dict[str, bool] = {}
 
-    def serve(self) -> None:
-        failures = 0
-        while self.table.wait_for_work():
+    def handle(self, received: list[Received]) -> None:
+        for message in received:
             try:
-                received = self.queue.receive()
-                failures = 0
-            except TransportError as exc:
-                if self.table.closing:  # shut down mid-poll: the endpoint may be gone already
-                    return
-                failures += 1
-                log.warning("polling the dead-letter queue failed: %s", exc)
-                if failures >= MAX_POLL_FAILURES:
-                    return
-                continue
-            for message in received:
-                try:
-                    self._handle(message)
-                except (TransportError, botocore.exceptions.ClientError,
-                        botocore.exceptions.BotoCoreError) as exc:
-                    log.warning("handling a dead-lettered message failed: %s", exc)
+                self._handle(message)
+            except (TransportError, botocore.exceptions.ClientError,
+                    botocore.exceptions.BotoCoreError) as exc:
+                log.warning("handling a dead-lettered message failed: %s", exc)
 
     def _handle(self, message: Received) -> None:
         owner = message.attributes.get(protocol.SESSION_ATTRIBUTE)

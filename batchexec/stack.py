@@ -17,8 +17,8 @@ import botocore.exceptions
 import botocore.parsers
 import yaml
 
-from .aws import AwsClients, error_code
-from .errors import BatchExecError, ConfigurationError, EndpointUnreachableError, StackNotFoundError
+from .aws import AwsClients, connection_errors_explained, error_code
+from .errors import BatchExecError, ConfigurationError, StackNotFoundError
 
 #: The Outputs the executor reads; a stack missing any of them is not a batchexec stack.
 STACK_OUTPUTS = (
@@ -223,17 +223,8 @@ def _describe_or_none(clients: AwsClients, name: str) -> dict | None:
 def _call(clients: AwsClients, name: str, method, **kwargs):
     """One CloudFormation call; AWS failures become one-line batchexec errors."""
     try:
-        return method(**kwargs)
-    except (
-        botocore.exceptions.EndpointConnectionError,
-        botocore.exceptions.ConnectTimeoutError,
-    ) as exc:
-        raise EndpointUnreachableError(clients.endpoint_url, str(exc)) from None
-    except botocore.exceptions.NoCredentialsError:
-        raise ConfigurationError(
-            "no AWS credentials found: configure them (aws configure, AWS_PROFILE) or point "
-            "--endpoint-url at an emulator (`batchexec local`)"
-        ) from None
+        with connection_errors_explained(clients.endpoint_url):
+            return method(**kwargs)
     except botocore.exceptions.ClientError as exc:
         message = exc.response.get("Error", {}).get("Message", str(exc))
         raise StackOperationError(
