@@ -79,6 +79,9 @@ class BatchExecutor(Executor):
     messages_per_worker: task messages in flight per worker (flow control).
     monitor_interval: seconds between checks of the workers' Batch jobs.
     start_timeout: seconds launched workers may take to start before the executor is broken.
+
+    Attributes: ``stack`` (the discovered batchexec.stack.StackResources: bucket, queues, job
+    queue...), ``session_id``, ``max_workers``, ``endpoint_url`` (None on AWS itself).
     """
 
     def __init__(
