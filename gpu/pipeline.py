@@ -280,6 +280,7 @@ def run_tiled(
     summary = TiledRunSummary(dst, operation, info.width, info.height, len(tiles), 0.0, 0.0,
                               0.0, 0.0, 0.0, 0, None, None)
     pending: list[futures.Future] = []
+    leftover = {task.dst for task in tasks}  # tile files not yet stitched (and removed)
     try:
         out = gdal_io.create_raster(
             partial, info.width, info.height, op.data_type,
@@ -299,6 +300,7 @@ def run_tiled(
                 with gdal_io.s3_config(endpoint_url):
                     _stitch(out, task.tile.core, result.path)
                     gdal_io.remove(result.path)
+                leftover.discard(task.dst)
                 summary.stitch_seconds += time.perf_counter() - t0
                 _accumulate(summary, result)
                 bar.update(1)
@@ -316,7 +318,7 @@ def run_tiled(
         raise
     finally:
         with gdal_io.s3_config(endpoint_url):
-            _remove_run_directory(run_dir, tasks)
+            _remove_run_directory(run_dir, leftover)
     summary.seconds = time.perf_counter() - t_start
     return summary
 
@@ -346,11 +348,12 @@ def _run_directory(tile_store: str | None, dst_dir: str) -> str:
     return path
 
 
-def _remove_run_directory(run_dir: str, tasks: Sequence[TileTask]) -> None:
-    # Tile by tile first: on S3 a "directory" is only a prefix, and deleting the keys we
-    # know of does not depend on listing being consistent.
-    for task in tasks:
-        gdal_io.remove(task.dst)
+def _remove_run_directory(run_dir: str, leftover: set[str]) -> None:
+    # The tiles not stitched (after a failure) one by one first: on S3 a "directory" is only
+    # a prefix, and deleting the keys we know of does not depend on listing being consistent.
+    # Stitched tiles were removed as they were stitched: one request each, not two.
+    for path in leftover:
+        gdal_io.remove(path)
     gdal_io.remove_tree(run_dir)
 
 
