@@ -16,7 +16,6 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import boto3
 import botocore.config
@@ -137,11 +136,6 @@ def connection_errors_explained(endpoint_url: str | None):
             "instance role), or use an emulator: unset BATCHEXEC_STACK for the embedded one, "
             "or point AWS_ENDPOINT_URL / --endpoint-url at `batchexec local`"
         ) from None
-
-
-def is_loopback(endpoint_url: str | None) -> bool:
-    host = urlparse(endpoint_url or "").hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _has_credentials() -> bool:

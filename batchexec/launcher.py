@@ -53,10 +53,6 @@ class WorkerCounts:
     def failed(self) -> int:
         return self.by_status.get("FAILED", 0)
 
-    @property
-    def succeeded(self) -> int:
-        return self.by_status.get("SUCCEEDED", 0)
-
 
 class BatchLauncher:
     def __init__(self, batch, job_queue: str, job_definition: str, job_name: str,

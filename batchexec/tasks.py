@@ -84,10 +84,6 @@ class TaskTable:
         with self._lock:
             return len(self._pending) + len(self._in_flight)
 
-    def in_flight_count(self) -> int:
-        with self._lock:
-            return len(self._in_flight)
-
     def wait_for_work(self, timeout: float | None = None) -> bool:
         """Block until some task is outstanding or the table closes; True if work exists."""
         with self._lock:
@@ -138,12 +134,6 @@ class TaskTable:
             return INITIAL_PACK
         return max(1, int(TARGET_MESSAGE_SECONDS / max(self.mean_seconds, 1e-6)))
 
-    def give_back(self, items: list[WorkItem]) -> None:
-        """Put items that could not be sent at the front of the queue again (order kept)."""
-        with self._lock:
-            self._pending.extendleft(reversed(items))
-            self._changed.notify_all()
-
     def register_message(self, items: list[WorkItem]) -> int:
         """Record that items went out in one message; consumes one credit."""
         with self._lock:
@@ -178,11 +168,6 @@ class TaskTable:
                 self.credits += 1
             self._changed.notify_all()
             return record
-
-    def label_of(self, task_id: str) -> str | None:
-        with self._lock:
-            record = self._in_flight.get(task_id)
-            return record.label if record else None
 
     # -- cancellation and failure -----------------------------------------------------------
 

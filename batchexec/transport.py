@@ -207,12 +207,6 @@ class PayloadStore:
             raise TransportError(f"downloading s3://{self.bucket}/{key} failed: {exc}") from exc
         return buf.getvalue()
 
-    def delete(self, key: str) -> None:
-        try:
-            self.s3.delete_object(Bucket=self.bucket, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            log.debug("delete of s3://%s/%s failed: %s", self.bucket, key, exc)
-
     def delete_all(self) -> int:
         """Remove every object under the prefix; returns how many."""
         n = 0
