@@ -179,10 +179,16 @@ def open_executor(args, warm_up_source: str | None = None):
         init = dict(initializer=warm_up, initargs=(
             os.path.abspath(warm_up_source), "hillshade", 1, kernel_options(args)))
     if args.executor == "process":
-        return ProcessPoolExecutor(args.workers, **init)
+        return ProcessPoolExecutor(args.workers or os.cpu_count(), **init)
     from batchexec import BatchExecutor
 
     return BatchExecutor(args.workers, stack=args.stack, **init)
+
+
+def worker_count(executor, args) -> int:
+    """How many workers the executor runs: BatchExecutor knows (the stack's default when
+    --workers is not given); the process pool was given args.workers or the CPU count."""
+    return getattr(executor, "max_workers", None) or args.workers or os.cpu_count()
 
 
 def stage_on_s3(executor, local_or_vsi: str) -> tuple[str, str]:
@@ -225,7 +231,7 @@ def main(argv=None) -> dict:
         # One small task first: it tells which device the workers use, and takes worker
         # start-up (and, on Batch, job launch) out of the pipeline's timing.
         report["device"] = ex.submit(gpu.device_info).result()
-        report["workers"] = getattr(ex, "max_workers", None) or getattr(ex, "_max_workers", None)
+        report["workers"] = worker_count(ex, args)
         report["executor_start_s"] = time.perf_counter() - t0
         source, tile_store, endpoint = src, None, None
         if args.stack:
