@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 
@@ -34,14 +33,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_tasks import noop  # noqa: E402  (importable by workers: they get our sys.path)
-
-
-def control(endpoint: str, path: str, method: str = "GET"):
-    data = b"" if method == "POST" else None
-    req = urllib.request.Request(endpoint + path, method=method, data=data)
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        body = resp.read()
-    return json.loads(body) if body else None
 
 
 def throughput(ex, n: int) -> float:
@@ -92,6 +83,7 @@ def main() -> None:
         return
 
     from batchexec import BatchExecutor
+    from batchexec.emulator.control import EmulatorControl
     from batchexec.emulator.embedded import EmbeddedEmulator
 
     for var in ("BATCHEXEC_STACK", "AWS_ENDPOINT_URL"):
@@ -101,11 +93,12 @@ def main() -> None:
         endpoint = emu.endpoint_url
         with BatchExecutor(2, stack="bx-bench", endpoint_url=endpoint) as ex:
             list(ex.map(noop, range(50)))  # workers started and warm
-            control(endpoint, "/_batchexec/requests/reset", "POST")
+            control = EmulatorControl(endpoint)
+            control.reset_requests()
             started = time.perf_counter()
             assert list(ex.map(noop, range(args.tasks))) == list(range(args.tasks))
             batch_tps = args.tasks / (time.perf_counter() - started)
-            counts = control(endpoint, "/_batchexec/requests")
+            counts = control.requests()
             requests = sum(counts.values())
             rows["requests_per_task"] = requests / args.tasks
             rows["requests_by_operation"] = dict(sorted(counts.items()))

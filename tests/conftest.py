@@ -8,11 +8,11 @@ start their own.
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 
 import pytest
+
+from batchexec.emulator.control import EmulatorControl
 
 TEST_STACK = "bx-test"
 
@@ -56,41 +56,9 @@ def make_executor(emulator, clean_env):
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-class Control:
-    """The emulator's request counters and fault injection (batchexec.emulator.control)."""
-
-    def __init__(self, endpoint: str):
-        self.endpoint = endpoint.rstrip("/")
-
-    def _call(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.endpoint + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            text = resp.read()
-        return json.loads(text) if text else None
-
-    def requests(self) -> dict[str, int]:
-        return self._call("GET", "/_batchexec/requests")
-
-    def reset(self) -> None:
-        self._call("POST", "/_batchexec/requests/reset")
-
-    def fault(self, operation: str, count: int, code: str = "ThrottlingException",
-              status: int = 400) -> None:
-        self._call("POST", "/_batchexec/faults",
-                   {"operation": operation, "count": count, "code": code, "status": status})
-
-    def armed_faults(self) -> list:
-        return self._call("GET", "/_batchexec/faults")
-
-    def clear_faults(self) -> None:
-        self._call("DELETE", "/_batchexec/faults")
-
-
 @pytest.fixture
 def control(emulator):
-    c = Control(emulator.endpoint_url)
+    c = EmulatorControl(emulator.endpoint_url)
     yield c
     c.clear_faults()
 

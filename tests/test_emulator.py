@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from batchexec.aws import AwsClients
+from batchexec.emulator.control import EmulatorControl
 from batchexec.stack import deploy_stack, describe_stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -310,13 +311,6 @@ def test_output_lands_in_cloudwatch_logs(server, batch):
 # -- request accounting and fault injection -------------------------------------------------
 
 
-def control(endpoint, method, path, payload=None):
-    data = json.dumps(payload).encode() if payload is not None else None
-    req = urllib.request.Request(f"{endpoint}/_batchexec/{path}", data=data, method=method)
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def client(server, service, mode="standard", attempts=1):
     """A boto3 client making at most `attempts` attempts (botocore's `max_attempts` counts
     retries, `total_max_attempts` counts the first try too)."""
@@ -335,11 +329,11 @@ def client(server, service, mode="standard", attempts=1):
 def counts(server):
     """Counts of this test's requests only (the module's jobs make none: their commands
     are plain Python)."""
-    endpoint = server[0]
-    control(endpoint, "DELETE", "faults")
-    control(endpoint, "POST", "requests/reset")
-    yield lambda: control(endpoint, "GET", "requests")
-    control(endpoint, "DELETE", "faults")
+    control = EmulatorControl(server[0])
+    control.clear_faults()
+    control.reset_requests()
+    yield control.requests
+    control.clear_faults()
 
 
 def test_requests_are_counted_per_operation_and_reset(server, counts):
@@ -357,7 +351,7 @@ def test_requests_are_counted_per_operation_and_reset(server, counts):
         "cloudformation.DescribeStacks": 1,
         "batch.DescribeJobQueues": 1,
     }  # and the control-plane GETs themselves are not counted
-    control(server[0], "POST", "requests/reset")
+    EmulatorControl(server[0]).reset_requests()
     assert counts() == {}
 
 
@@ -376,8 +370,7 @@ def test_injected_faults_parse_as_that_aws_error(server, counts, service, call, 
     op = {"sqs": "ListQueues", "logs": "DescribeLogGroups", "s3": "ListBuckets",
           "batch": "DescribeJobQueues", "cloudformation": "ListStacks",
           "ec2": "DescribeVpcs"}[service]  # fmt: skip
-    control(server[0], "POST", "faults", {"operation": f"{service}.{op}", "code": code,
-                                          "status": status})  # fmt: skip
+    EmulatorControl(server[0]).add_fault(f"{service}.{op}", code=code, status=status)
     c = client(server, service, attempts=1)
     with pytest.raises(botocore.exceptions.ClientError) as info:
         call(c)
@@ -391,29 +384,29 @@ def test_injected_faults_parse_as_that_aws_error(server, counts, service, call, 
 def test_botocore_retries_injected_throttling_then_succeeds(server, counts, mode):
     sqs = client(server, "sqs", mode=mode, attempts=4)
     url = sqs.create_queue(QueueName=f"{STACK}-faults-{mode}")["QueueUrl"]
-    fault = {"operation": "SendMessageBatch", "count": 2, "code": "ThrottlingException"}
-    control(server[0], "POST", "faults", fault)
+    control = EmulatorControl(server[0])
+    control.add_fault("SendMessageBatch", count=2, code="ThrottlingException")
     r = sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "1", "MessageBody": "x"}])
     assert [e["Id"] for e in r["Successful"]] == ["1"]
     assert r["ResponseMetadata"]["RetryAttempts"] == 2
     assert counts()["sqs.SendMessageBatch"] == 3
-    assert control(server[0], "GET", "faults") == []
+    assert control.faults() == []
 
 
 def test_more_faults_than_retries_surface_the_throttling(server, counts):
     s3 = client(server, "s3", attempts=2)
-    fault = {"operation": "s3.PutObject", "count": 5, "code": "SlowDown", "status": 503}
-    control(server[0], "POST", "faults", fault)
+    control = EmulatorControl(server[0])
+    control.add_fault("s3.PutObject", count=5, code="SlowDown", status=503)
     with pytest.raises(botocore.exceptions.ClientError) as info:
         s3.put_object(Bucket=server[2].bucket, Key="sessions/y", Body=b"2")
     assert info.value.response["Error"]["Code"] == "SlowDown"
     assert counts()["s3.PutObject"] == 2
-    assert control(server[0], "GET", "faults")[0]["count"] == 3
+    assert control.faults()[0]["count"] == 3
 
 
 def test_bad_fault_spec_is_a_400(server):
     with pytest.raises(urllib.error.HTTPError) as info:
-        control(server[0], "POST", "faults", {"operation": "X", "bogus": 1})
+        EmulatorControl(server[0]).add_fault("X", bogus=1)
     assert info.value.code == 400
 
 

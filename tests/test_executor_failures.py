@@ -91,11 +91,11 @@ def test_workers_that_cannot_start_break_the_executor(make_executor):
 def test_throttling_is_retried(make_executor, control):
     ex = make_executor(2)
     assert ex.submit(tf.square, 1).result(timeout=60) == 1
-    control.fault("SendMessageBatch", 3)
-    control.fault("ReceiveMessage", 3)
-    control.fault("DeleteMessageBatch", 2, code="RequestThrottled")
+    control.add_fault("SendMessageBatch", 3)
+    control.add_fault("ReceiveMessage", 3)
+    control.add_fault("DeleteMessageBatch", 2, code="RequestThrottled")
     assert list(ex.map(tf.square, range(30))) == [i * i for i in range(30)]
-    assert not control.armed_faults()  # every injected fault was hit, and retried
+    assert not control.faults()  # every injected fault was hit, and retried
 
 
 def test_missing_stack_is_a_one_line_error(emulator, clean_env):

@@ -50,7 +50,7 @@ def test_unpicklable_result_and_exception_are_clear_errors_and_worker_survives(m
 
 def test_payload_above_inline_limit_goes_through_s3(make_executor, control):
     ex = make_executor(1, inline_limit=1024)
-    control.reset()
+    control.reset_requests()
     blob = os.urandom(300_000)
     assert ex.submit(tf.nbytes, blob).result(timeout=60) == len(blob)
     big_result = ex.submit(tf.identity, blob).result(timeout=60)
@@ -116,7 +116,7 @@ def test_map_with_buffersize_submits_lazily(make_executor):
 def test_packing_keeps_requests_low(make_executor, control):
     ex = make_executor(2)
     list(ex.map(tf.square, range(20)))  # warm up: workers started, durations measured
-    control.reset()
+    control.reset_requests()
     assert list(ex.map(tf.square, range(1000))) == [i * i for i in range(1000)]
     counts = control.requests()
     total = sum(v for k, v in counts.items() if k.startswith("sqs."))

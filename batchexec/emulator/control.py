@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -104,6 +105,40 @@ class ControlMiddleware:
                 self._faults.append(fault)
             return _json(start_response, 200, asdict(fault))
         return _json(start_response, 404, {"error": f"no control endpoint {method} /{what}"})
+
+
+class EmulatorControl:
+    """Client of the control plane above, for tests and benchmarks (any process)."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint.rstrip("/")
+
+    def call(self, method: str, path: str, payload: Any = None) -> Any:
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(f"{self.endpoint}{CONTROL_PREFIX}{path}", data=data,
+                                     method=method, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def requests(self) -> dict[str, int]:
+        """AWS requests counted since the last reset, by "service.Operation"."""
+        return self.call("GET", "requests")
+
+    def reset_requests(self) -> None:
+        self.call("POST", "requests/reset")
+
+    def add_fault(self, operation: str, count: int = 1, code: str = "ThrottlingException",
+                  status: int = 400, **extra: Any) -> dict:
+        """Fail the next `count` requests of `operation` (see Fault)."""
+        return self.call("POST", "faults", {"operation": operation, "count": count,
+                                            "code": code, "status": status, **extra})
+
+    def faults(self) -> list[dict]:
+        """The faults still armed (a fault disappears once it has failed `count` requests)."""
+        return self.call("GET", "faults")
+
+    def clear_faults(self) -> None:
+        self.call("DELETE", "faults")
 
 
 # -- which AWS operation is this request? -----------------------------------------------------
