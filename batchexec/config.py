@@ -39,6 +39,22 @@ DEFAULT_MONITOR_INTERVAL = 5.0
 #: instance type with no capacity would otherwise leave jobs RUNNABLE forever).
 DEFAULT_START_TIMEOUT = 900.0
 
+#: SQS keeps a received message invisible at most 12 hours from its receipt, however often the
+#: heartbeat extends it: a longer task would be delivered again while it still runs. Tasks are
+#: therefore limited to 11.5 hours (the margin covers heartbeat jitter); the worker fails a task
+#: that runs longer with TaskTimeoutError instead of letting SQS duplicate it.
+SQS_VISIBILITY_CAP = 12 * 3600
+DEFAULT_MAX_TASK_SECONDS = 41400
+#: The job definition's attempt timeout (templates/batchexec.yaml). A worker takes no new
+#: message once it is older than job_timeout - max_task_seconds, so Batch never kills a task.
+DEFAULT_JOB_TIMEOUT = 86400
+#: Bytes of stdout/stderr per task forwarded to the client (a marker shows where it was cut).
+DEFAULT_OUTPUT_LIMIT = 64 * KiB
+#: Tasks in flight per worker offered to clients that size their own concurrency from the
+#: executor (dask reads ``_max_workers``): enough to hide a round trip of tens of ms behind
+#: tasks of a few ms, few enough that cancel() still reaches most of a large graph.
+DEFAULT_TASKS_PER_WORKER_HINT = 16
+
 #: Environment variable of each SessionSettings field, as the worker reads it.
 ENV_PREFIX = "BATCHEXEC_"
 
@@ -58,6 +74,18 @@ class SessionSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     inline_limit: int = DEFAULT_INLINE_LIMIT
     initializer_key: str = ""
+    # The client's main script (multiprocessing's spawn semantics): its path on the client,
+    # the S3 key of its source (for workers that do not share the client's files) and digest.
+    main_path: str = ""
+    main_key: str = ""
+    main_digest: str = ""
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    max_task_seconds: int = DEFAULT_MAX_TASK_SECONDS
+    job_timeout: int = DEFAULT_JOB_TIMEOUT
+    # The client's versions: a worker that differs refuses to run (a pickle of one Python
+    # minor version can crash another's interpreter).
+    client_python: str = ""
+    client_cloudpickle: str = ""
 
     @staticmethod
     def env_name(field_name: str) -> str:
@@ -106,18 +134,38 @@ class ExecutorOptions:
     messages_per_worker: int = DEFAULT_MESSAGES_PER_WORKER
     monitor_interval: float = DEFAULT_MONITOR_INTERVAL
     start_timeout: float = DEFAULT_START_TIMEOUT
+    max_task_seconds: int = DEFAULT_MAX_TASK_SECONDS
+    forward_output: bool = True
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    tasks_per_worker_hint: int = DEFAULT_TASKS_PER_WORKER_HINT
 
     def __post_init__(self):
+        # (kind, low, high, why the bounds): checked here so that a value AWS would refuse
+        # fails when the executor is built, not deep inside a retry loop.
         checks = {
-            "visibility_timeout": (self.visibility_timeout, 1, 43200),
-            "max_attempts": (self.max_attempts, 1, 1000),
-            "worker_idle_timeout": (self.worker_idle_timeout, 1, 86400),
-            "inline_limit": (self.inline_limit, 0, 128 * KiB),
-            "max_payload_size": (self.max_payload_size, 1, 5 * 1024**4),
-            "messages_per_worker": (self.messages_per_worker, 1, 100),
-            "monitor_interval": (self.monitor_interval, 0.1, 3600),
-            "start_timeout": (self.start_timeout, 1, 7 * 86400),
+            "visibility_timeout": (int, 1, SQS_VISIBILITY_CAP, "SQS VisibilityTimeout, seconds"),
+            "max_attempts": (int, 1, 999, "the redrive policy's maxReceiveCount is at most "
+                                          "1000 and is max_attempts + 1"),
+            "worker_idle_timeout": (float, 1, 86400, "seconds"),
+            "inline_limit": (int, 0, 128 * KiB, "bytes; a message is at most 256 KiB"),
+            "max_payload_size": (int, 1, 5 * 1024**4, "bytes; an S3 object is at most 5 TiB"),
+            "messages_per_worker": (int, 1, 100, "task messages in flight per worker"),
+            "monitor_interval": (float, 0.1, 3600, "seconds"),
+            "start_timeout": (float, 1, 7 * 86400, "seconds"),
+            "max_task_seconds": (int, 1, DEFAULT_MAX_TASK_SECONDS,
+                                 "seconds; SQS hides a received message at most 12 hours"),
+            "output_limit": (int, 0, 64 * MiB, "bytes of output per task"),
+            "tasks_per_worker_hint": (int, 1, 10_000, "tasks in flight per worker"),
         }
-        for name, (value, lo, hi) in checks.items():
-            if not isinstance(value, (int, float)) or not lo <= value <= hi:
-                raise ConfigurationError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
+        for name, (kind, lo, hi, why) in checks.items():
+            value = getattr(self, name)
+            ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
+            if isinstance(value, bool) or not ok_type or not lo <= value <= hi:
+                what = "an integer" if kind is int else "a number"
+                raise ConfigurationError(
+                    f"{name} must be {what} in [{lo}, {hi}] ({why}), got {value!r}"
+                )
+        if not isinstance(self.forward_output, bool):
+            raise ConfigurationError(
+                f"forward_output must be True or False, got {self.forward_output!r}"
+            )

@@ -7,6 +7,7 @@ killed its workers) and let the rest propagate.
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import BrokenExecutor
 
 
@@ -50,8 +51,21 @@ class EndpointUnreachableError(ConfigurationError):
         self.endpoint = endpoint
 
 
-class SerializationError(BatchExecError):
-    """A callable, argument, result or exception could not be pickled or unpickled."""
+class SerializationError(BatchExecError, pickle.PicklingError):
+    """A callable, argument, result or exception could not be pickled or unpickled.
+
+    A pickle.PicklingError, as the standard executors raise, so ``except PicklingError``
+    catches it.
+    """
+
+
+class SerializationTypeError(SerializationError, TypeError):
+    """A SerializationError where pickle itself raised TypeError ("cannot pickle '_thread.lock'
+    object"), so code written for ProcessPoolExecutor's ``except TypeError`` still catches it."""
+
+
+class ExecutorAbortedError(BatchExecError):
+    """The executor was stopped (Ctrl-C) while this task ran; its worker was terminated."""
 
 
 class PayloadTooLargeError(BatchExecError):

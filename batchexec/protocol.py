@@ -63,33 +63,37 @@ def encoded_len(n: int) -> int:
     return 4 * ((n + 2) // 3)
 
 
-def frame_call(fn: bytes, args: bytes) -> bytes:
-    """One S3 object for a large task: an 8-byte length of the callable, then both parts."""
-    return len(fn).to_bytes(8, "big") + fn + args
-
-
-def unframe_call(blob: bytes) -> tuple[bytes, bytes]:
-    n = int.from_bytes(blob[:8], "big")
-    return blob[8 : 8 + n], blob[8 + n :]
-
-
 @dataclass
 class TaskEntry:
+    """One task of a task message.
+
+    ``fn`` is the digest of its pickled callable, found in the message's ``fns`` (inline) or
+    ``refs`` (an S3 key: large callables are uploaded once per session, content-addressed).
+    The pickled ``(args, kwargs)`` travel inline in ``args`` or, when large, in S3 at ``ref``
+    (deleted once the task is resolved). ``blobs`` lists the digests of large buffers pickled
+    apart from the arguments (persistent ids), each in the message's ``refs``.
+    """
+
     task_id: str
-    fn: str | None = None  # digest into TaskMessage.fns, when inline
-    args: bytes | None = None  # inline pickled (args, kwargs)
-    ref: str | None = None  # S3 key of frame_call(fn, args), when large
+    fn: str
+    args: bytes | None = None
+    ref: str | None = None
+    blobs: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        d: dict = {"id": self.task_id, "fn": self.fn}
         if self.ref is not None:
-            return {"id": self.task_id, "ref": self.ref}
-        return {"id": self.task_id, "fn": self.fn, "args": b64(self.args or b"")}
+            d["ref"] = self.ref
+        else:
+            d["args"] = b64(self.args or b"")
+        if self.blobs:
+            d["blobs"] = self.blobs
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> TaskEntry:
-        if "ref" in d:
-            return cls(d["id"], ref=d["ref"])
-        return cls(d["id"], fn=d["fn"], args=unb64(d["args"]))
+        return cls(d["id"], d["fn"], unb64(d["args"]) if "args" in d else None, d.get("ref"),
+                   list(d.get("blobs", ())))
 
 
 @dataclass
@@ -98,24 +102,27 @@ class TaskMessage:
     tasks: list[TaskEntry]
     fns: dict[str, bytes] = field(default_factory=dict)
     prior_attempts: int = 0
+    refs: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> str:
-        return json.dumps(
-            {
-                "v": PROTOCOL_VERSION,
-                "type": "tasks",
-                "session": self.session,
-                "prior_attempts": self.prior_attempts,
-                "fns": {k: b64(v) for k, v in self.fns.items()},
-                "tasks": [t.to_json() for t in self.tasks],
-            },
-            separators=(",", ":"),
-        )
+        d = {
+            "v": PROTOCOL_VERSION,
+            "type": "tasks",
+            "session": self.session,
+            "prior_attempts": self.prior_attempts,
+            "fns": {k: b64(v) for k, v in self.fns.items()},
+            "tasks": [t.to_json() for t in self.tasks],
+        }
+        if self.refs:
+            d["refs"] = self.refs
+        return json.dumps(d, separators=(",", ":"))
 
     def single(self, entry: TaskEntry, prior_attempts: int) -> TaskMessage:
         """A message holding just one of this message's tasks (used to split a failed pack)."""
-        fns = {entry.fn: self.fns[entry.fn]} if entry.fn else {}
-        return TaskMessage(self.session, [entry], fns, prior_attempts)
+        fns = {entry.fn: self.fns[entry.fn]} if entry.fn in self.fns else {}
+        wanted = {entry.fn, *entry.blobs}
+        refs = {k: v for k, v in self.refs.items() if k in wanted}
+        return TaskMessage(self.session, [entry], fns, prior_attempts, refs)
 
 
 @dataclass
@@ -216,6 +223,7 @@ def decode(body: str) -> Message:
                 [TaskEntry.from_json(t) for t in d["tasks"]],
                 {k: unb64(v) for k, v in d.get("fns", {}).items()},
                 int(d.get("prior_attempts", 0)),
+                dict(d.get("refs", {})),
             )
         if kind == "results":
             return ResultMessage(

@@ -4,20 +4,27 @@ Per session, so that two executors on one stack never see each other's messages,
 shutdown can remove everything by deleting two queues and one prefix. The stack supplies the
 bucket and the dead-letter queue; the task queue redrives to it after ``max_attempts``
 receives. Queue names start with the stack's name, which is what the stack's job role allows
-workers to use.
+workers to use. Both queues are encrypted at rest (SQS-managed SSE) and refuse requests made
+without TLS.
+
+The session also carries what workers need to behave like a spawned process of this one: the
+client's main script (uploaded once, for workers that do not share the client's files) and the
+client's Python and cloudpickle versions, which a worker must match.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import uuid
 
 import botocore.exceptions
+import cloudpickle
 
 from .config import ExecutorOptions, SessionSettings
 from .errors import ConfigurationError
-from .serialization import dumps
+from .serialization import digest, dumps, main_script_path
 from .transport import MessageQueue, PayloadStore, is_queue_gone
 
 log = logging.getLogger(__name__)
@@ -58,9 +65,11 @@ class Session:
             )
         sqs = clients.client("sqs")
         tags = {"batchexec:session": session, "batchexec:stack": stack.name}
+        arn_prefix = stack.dead_letter_queue_arn.rsplit(":", 1)[0]
         task_url = sqs.create_queue(
             QueueName=task_name,
             Attributes={
+                **_protected(f"{arn_prefix}:{task_name}"),
                 "VisibilityTimeout": str(options.visibility_timeout),
                 "ReceiveMessageWaitTimeSeconds": "20",
                 "MessageRetentionPeriod": str(_RETENTION_SECONDS),
@@ -79,6 +88,7 @@ class Session:
             result_url = sqs.create_queue(
                 QueueName=result_name,
                 Attributes={
+                    **_protected(f"{arn_prefix}:{result_name}"),
                     "ReceiveMessageWaitTimeSeconds": "20",
                     "MessageRetentionPeriod": str(_RETENTION_SECONDS),
                 },
@@ -89,14 +99,16 @@ class Session:
             raise
         store = PayloadStore(clients.client("s3"), stack.bucket, f"sessions/{session}")
         initializer_key = ""
-        if initializer is not None:
-            try:
+        main = {}
+        try:
+            if initializer is not None:
                 blob = dumps((initializer, tuple(initargs)), "initializer and initargs")
                 initializer_key = store.put("initializer", blob)
-            except Exception:
-                sqs.delete_queue(QueueUrl=task_url)
-                sqs.delete_queue(QueueUrl=result_url)
-                raise
+            main = _ship_main_script(store)
+        except BaseException:
+            sqs.delete_queue(QueueUrl=task_url)
+            sqs.delete_queue(QueueUrl=result_url)
+            raise
         settings = SessionSettings(
             session=session,
             task_queue_url=task_url,
@@ -109,6 +121,11 @@ class Session:
             idle_timeout=options.worker_idle_timeout,
             inline_limit=options.inline_limit,
             initializer_key=initializer_key,
+            output_limit=options.output_limit if options.forward_output else 0,
+            max_task_seconds=options.max_task_seconds,
+            client_python=f"{sys.version_info.major}.{sys.version_info.minor}",
+            client_cloudpickle=cloudpickle.__version__,
+            **main,
         )
         log.info("session %s: queues %s, %s; payloads under %s", session, task_name,
                  result_name, store.uri)
@@ -135,3 +152,36 @@ class Session:
             self.store.delete_all()
         except Exception as exc:
             log.warning("deleting %s failed: %s", self.store.uri, exc)
+
+
+def _protected(arn: str) -> dict[str, str]:
+    """Queue attributes: SQS-managed encryption at rest, and a policy that denies any
+    request made without TLS."""
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "sqs:*",
+            "Resource": arn,
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    }
+    return {"SqsManagedSseEnabled": "true", "Policy": json.dumps(policy)}
+
+
+def _ship_main_script(store: PayloadStore) -> dict[str, str]:
+    """Upload the client's main script once, so workers import it as ``__mp_main__``.
+
+    Workers that share the client's files (the emulator, a shared filesystem) import it from
+    ``main_path`` when its digest matches; others from the uploaded source.
+    """
+    path = main_script_path()
+    if path is None:
+        return {}
+    with open(path, "rb") as f:
+        source = f.read()
+    key_digest = digest(source)
+    key = store.put(f"main/{key_digest}.py", source)
+    return {"main_path": path, "main_key": key, "main_digest": key_digest}

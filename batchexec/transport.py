@@ -68,19 +68,40 @@ class MessageQueue:
         return f"MessageQueue({self.url.rsplit('/', 1)[-1]})"
 
     def send(self, bodies: list[str], session: str) -> None:
-        """Send bodies with the session's attributes, as few SendMessageBatch calls as fit."""
+        """Send bodies; TransportError if any of them could not be sent."""
+        errors = [e for e in self.send_each(bodies, session) if e is not None]
+        if errors:
+            raise TransportError(f"{len(errors)} message(s) to {self} failed: {errors[0]}")
+
+    def send_each(self, bodies: list[str], session: str) -> list[str | None]:
+        """Send bodies with the session's attributes, in as few SendMessageBatch calls as fit.
+
+        Returns, per body, None if SQS accepted it or the reason it did not (after retrying
+        the entries the service reported as failed): a batch can partly succeed, and the
+        caller must not treat accepted messages as lost. A call that fails as a whole raises
+        (QueueGone when the queue was deleted, else TransportError).
+        """
         attrs = session_attributes(session)
         attr_size = sum(
             len(k) + len(v["StringValue"]) + len(v["DataType"]) for k, v in attrs.items()
         )
-        for group in _size_groups(bodies, attr_size):
+        errors: list[str | None] = [None] * len(bodies)
+        for group in _size_groups(list(enumerate(bodies)), attr_size, errors):
             entries = [
                 {"Id": str(i), "MessageBody": body, "MessageAttributes": attrs}
-                for i, body in enumerate(group)
+                for i, body in group
             ]
-            self._send_entries(entries)
+            for index, reason in self._send_entries(entries).items():
+                errors[index] = reason
+        return errors
 
-    def _send_entries(self, entries: list[dict]) -> None:
+    def _send_entries(self, entries: list[dict]) -> dict[int, str]:
+        """One batch, retrying failed entries; returns {body index: reason} of those given up.
+
+        Entries SQS blames on the sender (too large, malformed) fail at once; the others
+        (throttled, internal errors) are sent again, up to _ENTRY_RETRIES times.
+        """
+        given_up: dict[int, str] = {}
         for _ in range(_ENTRY_RETRIES):
             try:
                 resp = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
@@ -88,14 +109,18 @@ class MessageQueue:
                 if is_queue_gone(exc):
                     raise QueueGone(f"{self} no longer exists") from exc
                 raise TransportError(f"sending to {self} failed: {exc}") from exc
-            failed = resp.get("Failed") or []
-            if not failed:
-                return
-            if any(f.get("SenderFault") for f in failed):
-                raise TransportError(f"{self} rejected messages: {failed[0].get('Message')}")
             by_id = {e["Id"]: e for e in entries}
-            entries = [by_id[f["Id"]] for f in failed]
-        raise TransportError(f"{self} kept failing {len(entries)} messages after retries")
+            entries = []
+            for f in resp.get("Failed") or []:
+                if f.get("SenderFault"):
+                    given_up[int(f["Id"])] = f"{self} rejected the message: {f.get('Message')}"
+                else:
+                    entries.append(by_id[f["Id"]])
+            if not entries:
+                return given_up
+        for e in entries:
+            given_up[int(e["Id"])] = f"{self} kept failing the message after retries"
+        return given_up
 
     def receive(
         self, max_messages: int = SQS_BATCH_ENTRIES, wait: float = LONG_POLL_SECONDS
@@ -160,18 +185,20 @@ class MessageQueue:
                 raise
 
 
-def _size_groups(bodies: list[str], attr_size: int):
-    """Split bodies into SendMessageBatch calls: at most 10 entries and 256 KiB each."""
-    group: list[str] = []
+def _size_groups(bodies: list[tuple[int, str]], attr_size: int, errors: list):
+    """Split (index, body) pairs into SendMessageBatch calls: at most 10 entries and 256 KiB
+    each. A body too large for any message gets its reason in ``errors`` and is skipped."""
+    group: list[tuple[int, str]] = []
     size = 0
-    for body in bodies:
+    for index, body in bodies:
         n = len(body.encode("utf-8")) + attr_size
         if n > SQS_MESSAGE_LIMIT:
-            raise TransportError(f"a message of {n} bytes exceeds SQS's {SQS_MESSAGE_LIMIT}")
+            errors[index] = f"a message of {n} bytes exceeds SQS's {SQS_MESSAGE_LIMIT}"
+            continue
         if group and (len(group) == SQS_BATCH_ENTRIES or size + n > SQS_MESSAGE_LIMIT):
             yield group
             group, size = [], 0
-        group.append(body)
+        group.append((index, body))
         size += n
     if group:
         yield group
@@ -206,6 +233,17 @@ class PayloadStore:
         except Exception as exc:
             raise TransportError(f"downloading s3://{self.bucket}/{key} failed: {exc}") from exc
         return buf.getvalue()
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete these objects (payloads that are no longer needed), 1,000 a request."""
+        for i in range(0, len(keys), 1000):
+            try:
+                self.s3.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
+                )
+            except _AWS_ERRORS as exc:
+                raise TransportError(f"deleting payloads under {self.uri} failed: {exc}") from exc
 
     def delete_all(self) -> int:
         """Remove every object under the prefix; returns how many."""

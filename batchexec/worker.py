@@ -34,7 +34,7 @@ from .aws import AwsClients
 from .config import SessionSettings
 from .errors import SerializationError
 from .protocol import ResultEntry, ResultMessage, TaskEntry, TaskMessage, WorkerEvent
-from .serialization import PICKLE_PROTOCOL, describe, dumps_exception, loads
+from .serialization import PICKLE_PROTOCOL, BlobTable, describe, dumps_exception, loads
 from .transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
 
 log = logging.getLogger("batchexec.worker")
@@ -250,19 +250,18 @@ class Worker:
         return self._result(entry.task_id, True, data, started)
 
     def _load_call(self, msg: TaskMessage, entry: TaskEntry):
-        if entry.ref is not None:
-            fn_bytes, args_bytes = protocol.unframe_call(self.store.get(entry.ref))
-            fn = loads(fn_bytes, f"callable of task {entry.task_id}")
-        else:
-            fn = self._function(msg, entry.fn)
-            args_bytes = entry.args
-        args, kwargs = loads(args_bytes, f"arguments of task {entry.task_id}")
+        fn = self._function(msg, entry.fn)
+        args_bytes = self.store.get(entry.ref) if entry.ref is not None else entry.args
+        refs = msg.refs
+        blobs = BlobTable(lambda key: self.store.get(refs[key])) if entry.blobs else None
+        args, kwargs = loads(args_bytes, f"arguments of task {entry.task_id}", blobs)
         return fn, args, kwargs
 
     def _function(self, msg: TaskMessage, digest: str):
         fn = self.functions.get(digest)
         if fn is None:
-            fn = loads(msg.fns[digest], "callable")
+            data = msg.fns[digest] if digest in msg.fns else self.store.get(msg.refs[digest])
+            fn = loads(data, "callable", BlobTable(lambda key: self.store.get(msg.refs[key])))
             self.functions[digest] = fn
             if len(self.functions) > FUNCTION_CACHE_SIZE:
                 self.functions.popitem(last=False)

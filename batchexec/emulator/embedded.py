@@ -50,7 +50,7 @@ class EmbeddedEmulator:
         self.pid = proc.pid
         self._proc = proc
         # Runs once: on close(), on garbage collection, or at interpreter exit.
-        self._finalizer = weakref.finalize(self, _shutdown, proc, stderr_file)
+        self._finalizer = weakref.finalize(self, _shutdown, proc, stderr_file, os.getpid())
 
     @classmethod
     def start(cls, stack_name: str = "batchexec", parameters: dict | None = None,
@@ -75,8 +75,8 @@ class EmbeddedEmulator:
         from ..aws import AwsClients, resolve_region
         from ..stack import deploy_stack
 
-        clients = AwsClients(region=resolve_region(None, self.endpoint_url),
-                             endpoint_url=self.endpoint_url)  # fmt: skip
+        clients = AwsClients.for_emulator(resolve_region(None, self.endpoint_url),
+                                          self.endpoint_url)
         merged = {"DefaultWorkers": str(os.cpu_count() or 1), **(parameters or {})}
         try:
             deploy_stack(clients, self.stack_name, merged, wait=True,
@@ -109,6 +109,10 @@ class EmbeddedEmulator:
 
 def _spawn_server() -> tuple[subprocess.Popen, Any]:
     env = dict(os.environ)
+    # The emulator and its workers use dummy credentials, whatever the user's AWS setup.
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+        env.pop(var, None)
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     # The workers (children of the server) inherit this: they import what the client imports.
     env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
     stderr_file = tempfile.TemporaryFile(prefix="batchexec-emulator-", suffix=".log")
@@ -171,8 +175,14 @@ def _tail(stderr_file: Any, limit: int = 2000) -> str:
     return "; its stderr ends with:\n" + text[-limit:]
 
 
-def _shutdown(proc: subprocess.Popen, stderr_file: Any) -> None:
-    """SIGTERM (the server then kills its jobs), SIGKILL the group after a grace, reap."""
+def _shutdown(proc: subprocess.Popen, stderr_file: Any, owner: int | None = None) -> None:
+    """SIGTERM (the server then kills its jobs), SIGKILL the group after a grace, reap.
+
+    Only in the process that started the server: a forked child exiting must not stop its
+    parent's emulator.
+    """
+    if owner is not None and os.getpid() != owner:
+        return
     # Signal the group only while its leader is unreaped: a reaped pid may belong to someone
     # else by now. (The group holds only the server; its jobs have sessions of their own and
     # die with it through PR_SET_PDEATHSIG if it is SIGKILLed.)
