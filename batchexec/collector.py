@@ -169,12 +169,11 @@ class ResultCollector(QueuePoller):
 
     def _resolve(self, entry: ResultEntry) -> None:
         if entry.ref:
-            self._garbage.append(entry.ref)
+            self._garbage.append(entry.ref)  # read below, or a duplicate's: either way done
         record = self.table.resolve(entry.task_id, entry.seconds)
         if record is None:
             return  # a duplicate: the task was already resolved
-        if record.payload:
-            self._garbage.append(record.payload)
+        self._garbage.extend(record.garbage)
         try:
             data = self.store.get(entry.ref) if entry.ref else entry.data
             value = loads(data, f"result of task {entry.task_id} ({record.label})")

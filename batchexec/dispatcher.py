@@ -49,25 +49,28 @@ class TaskDispatcher(ServiceThread):
         self.store = store
         self.session = session
         self.inline_limit = inline_limit
-        self.uploaded: dict[str, str] = {}  # digest -> S3 key, for this session
+        self._generation = 0
 
     def serve(self) -> None:
         while True:
             packs = self.table.take_packs(protocol.SQS_BATCH_ENTRIES)
             if packs is None:
                 return
-            messages = []
-            for items in packs:
-                messages.extend(self._encode(self._live(items)))
-            del packs
-            sent = []
-            for entries, body in messages:
-                if self.table.register_message(entries) is not None:
-                    sent.append((entries, body))
-            del messages
-            if sent:
-                self._send(sent)
-            del sent
+            self.dispatch(packs)
+            del packs  # nothing of a sent task stays referenced here
+
+    def dispatch(self, packs: list[list[WorkItem]]) -> None:
+        """Encode, register and send one round of packs."""
+        messages = []
+        for items in packs:
+            messages.extend(self._encode(self._live(items)))
+        sent = []
+        for entries, body in messages:
+            # Registered before sending: a fast worker's result may arrive before send returns.
+            if self.table.register_message(entries) is not None:
+                sent.append((entries, body))
+        if sent:
+            self._send(sent)
 
     def _live(self, items: list[WorkItem]) -> list[WorkItem]:
         """Mark futures running; drop those cancelled (or failed by a break) meanwhile."""
@@ -80,7 +83,7 @@ class TaskDispatcher(ServiceThread):
             if running:
                 live.append(item)
             else:
-                self.table.drop_dispatching(item.task_id)
+                self._forget(item)
         return live
 
     def _send(self, sent: list[tuple[list[tuple[WorkItem, str | None]], str]]) -> None:
@@ -92,10 +95,18 @@ class TaskDispatcher(ServiceThread):
             if error is None:
                 continue
             log.error("sending a message of %d task(s) failed: %s", len(entries), error)
+            garbage = []
             for item, _payload in entries:
-                if self.table.resolve(item.task_id) is not None:
+                record = self.table.resolve(item.task_id)
+                if record is not None:
+                    garbage += record.garbage
                     settle(item.future, error=TransportError(
                         f"task {item.task_id} ({item.label}) could not be sent: {error}"))
+            if garbage:
+                try:
+                    self.store.delete(garbage)
+                except TransportError as exc:
+                    log.warning("%s", exc)
 
     def _encode(self, items: list[WorkItem]):
         """Encode items as message bodies under the SQS size limit: [(entries, body)]."""
@@ -109,7 +120,7 @@ class TaskDispatcher(ServiceThread):
             try:
                 entry, item_refs = self._entry(item)
             except TransportError as exc:
-                self.table.drop_dispatching(item.task_id)
+                self._forget(item)
                 settle(item.future, error=exc)
                 continue
             n = protocol.ENTRY_OVERHEAD + (
@@ -146,9 +157,20 @@ class TaskDispatcher(ServiceThread):
             return TaskEntry(item.task_id, item.fn_digest, ref=ref, blobs=blobs), refs
         return TaskEntry(item.task_id, item.fn_digest, args=item.args_bytes, blobs=blobs), refs
 
-    def _upload_once(self, key: str, data: bytes) -> str:
-        s3_key = self.uploaded.get(key)
-        if s3_key is None:
-            s3_key = self.uploaded[key] = self.store.put(BLOB_PREFIX + key, data)
-        return s3_key
+    def _upload_once(self, digest: str, data: bytes) -> str:
+        """The S3 key of a shared object, uploading it if no outstanding task has."""
+        key = self.table.uploaded_key(digest)
+        if key is None:
+            self._generation += 1
+            key = self.store.put(f"{BLOB_PREFIX}{digest}-{self._generation}", data)
+            self.table.set_uploaded(digest, key)
+        return key
+
+    def _forget(self, item: WorkItem) -> None:
+        garbage = self.table.drop_dispatching(item)
+        if garbage:
+            try:
+                self.store.delete(garbage)
+            except TransportError as exc:  # removed with the session's prefix at shutdown
+                log.warning("%s", exc)
 

@@ -428,8 +428,10 @@ class BatchExecutor(Executor):
             f"the executor was aborted ({why}) while this task was queued or running; its "
             f"worker was terminated"
         ))
-        self._stop_threads(timeout=1.0)
+        # Queues and workers first (a second Ctrl-C may cut this short); the threads, stuck
+        # in a long poll at worst, end on their own once they see the broken table.
         self._release()
+        self._stop_threads(timeout=0.2)
 
     def _close_when_done(self) -> None:
         self._table.wait_done()
@@ -447,15 +449,15 @@ class BatchExecutor(Executor):
                     log.debug("%s still finishing a poll; it exits on its own", thread.name)
 
     def _release(self) -> None:
-        """Terminate workers and delete session resources and the emulator: idempotent."""
+        """Delete session resources, terminate workers, stop the emulator: idempotent."""
         if os.getpid() != self._pid:
             return
+        if self._session is not None:  # first: workers exit by themselves once it is gone
+            self._session.close()
+            self._session = None
         launcher = getattr(self, "_launcher", None)
         if launcher is not None:
             launcher.terminate()
-        if self._session is not None:
-            self._session.close()
-            self._session = None
         if self._emulator is not None:
             self._emulator.close()
             self._emulator = None

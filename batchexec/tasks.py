@@ -65,6 +65,11 @@ class WorkItem:
     def size(self) -> int:
         return len(self.fn_bytes) + len(self.args_bytes)
 
+    @property
+    def shared(self) -> tuple[str, ...]:
+        """Digests of the content-addressed objects this task may need in S3."""
+        return (self.fn_digest, *self.blobs)
+
 
 @dataclass
 class InFlight:
@@ -78,6 +83,8 @@ class InFlight:
     label: str
     message: int
     payload: str | None = None
+    shared: tuple[str, ...] = ()
+    garbage: list[str] = field(default_factory=list)  # S3 keys freed by its resolution
 
 
 class TaskTable:
@@ -96,6 +103,12 @@ class TaskTable:
         self.broken: BaseException | None = None
         self.resolved = 0  # tasks resolved so far (the monitor's measure of progress)
         self.mean_seconds: float | None = None
+        # Content-addressed S3 objects (large callables, blobs): how many outstanding tasks
+        # need each, and where it was uploaded. When the count falls to zero the object is
+        # garbage; a later task that needs it again uploads a new generation under a new key,
+        # so deleting the old one can never race with its re-upload.
+        self._shared_refs: dict[str, int] = {}
+        self._uploaded: dict[str, str] = {}
 
     # -- acceptance ---------------------------------------------------------------------------
 
@@ -121,6 +134,8 @@ class TaskTable:
             live = self.broken is None and not item.future.done()
             if live:
                 self._pending.append(item)
+                for key in item.shared:
+                    self._shared_refs[key] = self._shared_refs.get(key, 0) + 1
             self._changed.notify_all()
             return live
 
@@ -225,17 +240,39 @@ class TaskTable:
             for item, payload in entries:
                 self._dispatching.pop(item.task_id, None)
                 self._in_flight[item.task_id] = InFlight(item.future, item.label, number,
-                                                         payload)
+                                                         payload, item.shared)
             # The collectors wait for tasks in flight: wake them.
             self._changed.notify_all()
             return number
 
-    def drop_dispatching(self, task_id: str) -> Future | None:
-        """A task the dispatcher could not send (cancelled, upload or send failed)."""
+    def drop_dispatching(self, item: WorkItem) -> list[str]:
+        """A task the dispatcher could not send (cancelled, upload failed); returns the S3
+        keys of shared objects no task needs any more."""
         with self._lock:
-            future = self._dispatching.pop(task_id, None)
+            self._dispatching.pop(item.task_id, None)
             self._changed.notify_all()
-            return future
+            return self._release(item.shared)
+
+    def uploaded_key(self, digest: str) -> str | None:
+        with self._lock:
+            return self._uploaded.get(digest)
+
+    def set_uploaded(self, digest: str, key: str) -> None:
+        with self._lock:
+            self._uploaded[digest] = key
+
+    def _release(self, shared) -> list[str]:
+        garbage = []
+        for digest in shared:
+            left = self._shared_refs.get(digest, 0) - 1
+            if left > 0:
+                self._shared_refs[digest] = left
+                continue
+            self._shared_refs.pop(digest, None)
+            key = self._uploaded.pop(digest, None)
+            if key is not None:
+                garbage.append(key)
+        return garbage
 
     def sendable(self) -> int:
         """How many pending tasks the free credits would send right now (for cancel_futures:
@@ -261,6 +298,9 @@ class TaskTable:
             else:
                 del self._messages[record.message]
                 self.credits += 1
+            record.garbage = self._release(record.shared)
+            if record.payload:
+                record.garbage.append(record.payload)
             self._changed.notify_all()
             return record
 
@@ -270,8 +310,9 @@ class TaskTable:
         """Remove the tasks not yet sent, except the first ``keep`` (for cancel_futures)."""
         with self._lock:
             items = list(self._pending)[keep:]
-            for _ in items:
+            for item in items:
                 self._pending.pop()
+                self._release(item.shared)  # the objects stay until the session is removed
             self._changed.notify_all()
             return items
 
