@@ -269,10 +269,10 @@ class WorkerMonitor(ServiceThread):
                 f"worker image (`batchexec worker` must start)"
             ))
             return True
-        if counts.running or progress != self._progress_at_wait:
+        if counts.running:
             self._waiting_since = None
-        elif self._waiting_since is None:
-            self._waiting_since, self._progress_at_wait = now, progress
+        elif self._waiting_since is None or progress != self._progress_at_wait:
+            self._waiting_since, self._progress_at_wait = now, progress  # the clock starts
         elif now - self._waiting_since > self.start_timeout:
             self.on_broken(WorkersUnavailableError(
                 f"work waited {now - self._waiting_since:.0f} s with no worker running "

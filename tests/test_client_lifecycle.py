@@ -272,3 +272,23 @@ def _workers_of(psutil, emulator, session):
         except psutil.Error:
             pass
     return found
+
+
+def test_start_timeout_applies_whenever_work_waits_with_no_worker(make_executor, control):
+    """Workers idle-exit; their replacements sit RUNNABLE (no capacity): the executor breaks
+    after start_timeout, quoting Batch's reason, instead of waiting forever."""
+    ex = make_executor(1, worker_idle_timeout=1, start_timeout=4)
+    assert ex.submit(tf.square, 2).result(timeout=60) == 4
+    deadline = time.monotonic() + 30
+    while ex._launcher.counts().alive and time.monotonic() < deadline:
+        time.sleep(0.2)  # the worker idle-exits
+    assert not ex._launcher.counts().alive
+    control.set_capacity(False, "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - none for the test")
+    try:
+        started = time.monotonic()
+        err = ex.submit(tf.square, 3).exception(timeout=60)
+    finally:
+        control.set_capacity(True)
+    assert isinstance(err, WorkersUnavailableError), err
+    assert "start_timeout=4" in str(err) and "INSUFFICIENT_INSTANCE_CAPACITY" in str(err)
+    assert time.monotonic() - started < 30

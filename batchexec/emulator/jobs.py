@@ -61,6 +61,29 @@ _STARTING_STATES = (JobStatus.PENDING, JobStatus.RUNNABLE, JobStatus.STARTING)
 _TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
+class Capacity:
+    """Whether the compute environment can start jobs. Tests switch it off (through the
+    control plane) to see what users see when AWS has no instances: jobs wait RUNNABLE with a
+    status reason, and the executor's start_timeout must catch it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.available = True
+        self.reason = ""
+
+    def set(self, available: bool, reason: str = "") -> None:
+        with self._lock:
+            self.available = available
+            self.reason = reason or "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - no capacity"
+
+    def state(self) -> dict:
+        with self._lock:
+            return {"available": self.available, "reason": self.reason}
+
+
+capacity = Capacity()
+
+
 class ProcessRegistry:
     """Every job process this server started and that is still alive, to kill on exit."""
 
@@ -188,6 +211,11 @@ class _LocalJob:
             if TRANSITION_DELAY:
                 time.sleep(TRANSITION_DELAY)
             job.status = state
+            if state == JobStatus.RUNNABLE:
+                while not capacity.available and not job.stop:
+                    job.job_stopped_reason = capacity.reason  # DescribeJobs' statusReason
+                    time.sleep(POLL_SECONDS)
+                job.job_stopped_reason = None
             if state == JobStatus.PENDING and job.depends_on:
                 if not job._wait_for_dependencies():
                     return None
