@@ -14,7 +14,8 @@ import botocore.exceptions
 
 from . import protocol
 from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
-from .protocol import ResultEntry, ResultMessage, TaskMessage, WorkerEvent
+from .output import OutputPrinter
+from .protocol import OutputMessage, ResultEntry, ResultMessage, TaskMessage, WorkerEvent
 from .serialization import loads
 from .tasks import TaskTable
 from .threads import ServiceThread
@@ -84,6 +85,7 @@ class ResultCollector(QueuePoller):
         super().__init__("batchexec-collector", table, queue, on_broken)
         self.store = store
         self.session = session
+        self.printer = OutputPrinter()
 
     def handle(self, received: list[Received]) -> None:
         for message in received:
@@ -104,6 +106,11 @@ class ResultCollector(QueuePoller):
         elif isinstance(msg, ResultMessage):
             for entry in msg.results:
                 self._resolve(entry)
+        elif isinstance(msg, OutputMessage):
+            self.printer.print(msg)
+        elif isinstance(msg, WorkerEvent) and msg.event in (WorkerEvent.VERSION_MISMATCH,
+                                                            WorkerEvent.PROTOCOL_MISMATCH):
+            self.on_broken(WorkersUnavailableError(msg.message))
         elif isinstance(msg, WorkerEvent) and msg.event == WorkerEvent.INITIALIZER_FAILED:
             cause = None
             if msg.error is not None:

@@ -39,6 +39,21 @@ DEFAULT_MONITOR_INTERVAL = 5.0
 #: instance type with no capacity would otherwise leave jobs RUNNABLE forever).
 DEFAULT_START_TIMEOUT = 900.0
 
+#: Longest a task may run. SQS keeps a received message invisible for at most 12 hours from
+#: its receipt, so a task that could run longer would be handed to a second worker while the
+#: first still ran it. Past this the worker stops the task and fails it (TaskTimeoutError).
+DEFAULT_MAX_TASK_SECONDS = 11.5 * 3600
+#: SQS's ceiling on a message's invisibility, counted from its receipt (seconds).
+SQS_MAX_VISIBILITY = 12 * 3600
+#: The stack's Batch job timeout (templates: JobTimeoutSeconds). A worker older than
+#: job_timeout - max_task_seconds takes no new task, so Batch never kills one mid-run.
+DEFAULT_JOB_TIMEOUT = 86400
+#: Bytes of stdout/stderr forwarded to the client per task (0: none); the rest stays in the
+#: worker's log. Bounded so a chatty task cannot flood the result queue.
+DEFAULT_OUTPUT_LIMIT = 64 * KiB
+#: Upper bound on output_limit: output travels in SQS messages of at most 256 KiB each.
+MAX_OUTPUT_LIMIT = 16 * MiB
+
 #: Environment variable of each SessionSettings field, as the worker reads it.
 ENV_PREFIX = "BATCHEXEC_"
 
@@ -58,6 +73,37 @@ class SessionSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     inline_limit: int = DEFAULT_INLINE_LIMIT
     initializer_key: str = ""
+    #: See DEFAULT_MAX_TASK_SECONDS / DEFAULT_JOB_TIMEOUT / DEFAULT_OUTPUT_LIMIT.
+    max_task_seconds: float = DEFAULT_MAX_TASK_SECONDS
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    #: The client's Python (major.minor) and cloudpickle versions; empty: not checked. A
+    #: worker whose own differ reports "version_mismatch" and runs nothing.
+    client_python: str = ""
+    client_cloudpickle: str = ""
+    #: The client's main script, as multiprocessing's spawn sees it: its absolute path, the S3
+    #: key (full, like initializer_key) of a copy of its source, and protocol.script_digest
+    #: of that source. Empty when the client has no script (interactive, -c).
+    main_path: str = ""
+    main_key: str = ""
+    main_digest: str = ""
+
+    def __post_init__(self):
+        if not 0 < self.max_task_seconds < SQS_MAX_VISIBILITY:
+            raise ConfigurationError(
+                f"max_task_seconds must be above 0 and below SQS's 12-hour limit "
+                f"({SQS_MAX_VISIBILITY} s), got {self.max_task_seconds!r}"
+            )
+        if not self.job_timeout > self.max_task_seconds:
+            raise ConfigurationError(
+                f"job_timeout ({self.job_timeout!r} s) must exceed max_task_seconds "
+                f"({self.max_task_seconds!r} s): a worker takes no task it could not finish "
+                f"before Batch's job timeout"
+            )
+        if not 0 <= self.output_limit <= MAX_OUTPUT_LIMIT:
+            raise ConfigurationError(
+                f"output_limit must be in [0, {MAX_OUTPUT_LIMIT}] bytes, got {self.output_limit!r}"
+            )
 
     @staticmethod
     def env_name(field_name: str) -> str:
