@@ -12,8 +12,12 @@ that traceback chained as ``__cause__``, as ProcessPoolExecutor does.
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import pickle
+import sys
 import traceback
+import types
 
 import cloudpickle
 
@@ -33,10 +37,48 @@ def describe(fn) -> str:
     return f"{module}.{name}" if module and module != "builtins" else name
 
 
+def main_script_path() -> str:
+    """The client's main script as multiprocessing's spawn sees it ("" for interactive
+    sessions, ``-c`` and ``-m``): workers import it as ``__mp_main__``."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return ""
+    path = getattr(main, "__file__", None)
+    return os.path.abspath(path) if path and os.path.isfile(path) else ""
+
+
+class _MainByReference(cloudpickle.Pickler):
+    """cloudpickle, except that functions and classes of the client's script go by reference
+    ("__main__", qualname), as multiprocessing pickles them: the worker's runner imports the
+    script, so they resolve to one shared module namespace there."""
+
+    def reducer_override(self, obj):
+        if (isinstance(obj, (types.FunctionType, type))
+                and getattr(obj, "__module__", None) == "__main__"
+                and _resolves_in_main(obj)):
+            return NotImplemented  # pickle's own save_global: by reference
+        return super().reducer_override(obj)
+
+
+def _resolves_in_main(obj) -> bool:
+    target = sys.modules.get("__main__")
+    for part in getattr(obj, "__qualname__", "<").split("."):
+        target = getattr(target, part, None)
+    return target is obj
+
+
+def _cloudpickle(obj) -> bytes:
+    if not main_script_path():
+        return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+    buf = io.BytesIO()
+    _MainByReference(buf, protocol=PICKLE_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
 def dumps(obj, what: str) -> bytes:
     """cloudpickle ``obj``; ``what`` names it in the error ("argument of task 3", ...)."""
     try:
-        return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+        return _cloudpickle(obj)
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the {what}: {type(exc).__name__}: {exc}. Objects sent to workers "

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import uuid
 
 import botocore.exceptions
+import cloudpickle
 
 from .config import ExecutorOptions, SessionSettings
 from .errors import ConfigurationError
-from .serialization import dumps
+from .protocol import script_digest
+from .serialization import dumps, main_script_path
 from .transport import MessageQueue, PayloadStore, is_queue_gone
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,11 @@ class Session:
                 sqs.delete_queue(QueueUrl=task_url)
                 sqs.delete_queue(QueueUrl=result_url)
                 raise
+        main_path, main_key, main_digest = main_script_path(), "", ""
+        if main_path:  # shipped once per session, for workers that lack the client's files
+            with open(main_path, "rb") as f:
+                source = f.read()
+            main_key, main_digest = store.put("main.py", source), script_digest(source)
         settings = SessionSettings(
             session=session,
             task_queue_url=task_url,
@@ -109,6 +117,11 @@ class Session:
             idle_timeout=options.worker_idle_timeout,
             inline_limit=options.inline_limit,
             initializer_key=initializer_key,
+            client_python=f"{sys.version_info.major}.{sys.version_info.minor}",
+            client_cloudpickle=cloudpickle.__version__,
+            main_path=main_path,
+            main_key=main_key,
+            main_digest=main_digest,
         )
         log.info("session %s: queues %s, %s; payloads under %s", session, task_name,
                  result_name, store.uri)
