@@ -57,6 +57,12 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+try:
+    _fflush = ctypes.CDLL(None).fflush
+except (OSError, AttributeError):  # pragma: no cover - no C library to flush
+    _fflush = None
+
+
 def flush_output() -> None:
     """Push everything the task wrote into the pipes before its result is sent, so the
     supervisor attributes it to this task: Python's buffers, then C stdio's."""
@@ -65,10 +71,8 @@ def flush_output() -> None:
             stream.flush()
         except (OSError, ValueError, AttributeError):  # closed or replaced by the task
             pass
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
+    if _fflush is not None:
+        _fflush(None)
 
 
 class Runner:
