@@ -33,7 +33,7 @@ from batchexec.protocol import (
     WorkerEvent,
 )
 from batchexec.serialization import digest, loads
-from batchexec.transport import Received
+from batchexec.transport import Received, TransportError
 from batchexec.worker import worker_id
 from batchexec.worker.supervisor import Supervisor
 
@@ -468,3 +468,45 @@ def test_worker_names_are_short_and_stable():
                       "AWS_BATCH_JOB_ARRAY_INDEX": "4"}) == "3f2a9c:4"
     assert worker_id({"AWS_BATCH_JOB_ID": "3f2a9c77-1b2c-4d5e"}) == "3f2a9c"
     assert worker_id({}).endswith(f":{os.getpid()}")
+
+
+class FlakyQueue(FakeQueue):
+    """Fails the first `n` receives and sends as SQS would after botocore's retries."""
+
+    def __init__(self, messages=(), fail_receives=0, fail_sends=0):
+        super().__init__(messages)
+        self.fail_receives = fail_receives
+        self.fail_sends = fail_sends
+
+    def receive(self, max_messages=10, wait=20):
+        if self.fail_receives:
+            self.fail_receives -= 1
+            raise TransportError("receiving failed: throttled")
+        return super().receive(max_messages, wait)
+
+    def send(self, bodies, session):
+        if self.fail_sends and not any('"started"' in b for b in bodies):
+            self.fail_sends -= 1
+            raise TransportError("sending failed: throttled")
+        super().send(bodies, session)
+
+
+def test_failed_receives_and_sends_are_retried_and_results_still_arrive(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS, *sys.path]))
+    settings = SessionSettings("s", "tq", "rq", "dq", "b", "p/", idle_timeout=4)
+    tasks = FlakyQueue([message(call(wf.record, "a", str(tmp_path)))], fail_receives=2)
+    results = FlakyQueue(fail_sends=2)
+    sup = Supervisor(settings, "w:0", tasks, results, FakeQueue(), FakeStore())
+    assert sup.run() == 0
+    assert results_of(results) == {"0": (True, "a")}
+    assert tasks.deleted == ["r1"]  # only once the result was accepted
+
+
+def test_too_many_failed_receives_end_the_worker(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS, *sys.path]))
+    settings = SessionSettings("s", "tq", "rq", "dq", "b", "p/", idle_timeout=60)
+    sup = Supervisor(settings, "w:0", FlakyQueue(fail_receives=99), FakeQueue(), FakeQueue(),
+                     FakeStore())
+    with pytest.raises(TransportError):
+        sup.run()
+    assert sup.runner is None  # the runner was stopped on the way out

@@ -57,6 +57,9 @@ from .process import Crashed, Finished, RunnerProcess, TimedOut
 
 log = logging.getLogger("batchexec.worker")
 
+#: Receives that fail in a row (each already retried by botocore) before the worker gives up
+#: and exits 1; its held work, if any, is redelivered.
+MAX_RECEIVE_FAILURES = 5
 #: A task is not started unless SQS's 12-hour ceiling (from the message's receipt) leaves it
 #: max_task_seconds plus this margin (for sending its result and deleting the message).
 HAND_BACK_MARGIN_SECONDS = 60
@@ -169,6 +172,7 @@ class Supervisor:
 
     def _serve(self) -> None:
         idle_since = time.monotonic()
+        failures = 0
         while not self.retiring:
             if self._too_old_for_a_task():
                 log.info("worker is %.0f s old: a new task might not finish before the job "
@@ -180,7 +184,20 @@ class Supervisor:
                 log.info("no task for %.0f s: exiting", self.settings.idle_timeout)
                 return
             received_at = time.monotonic()
-            received = self.tasks.receive(max_messages=1, wait=math.ceil(min(remaining, 20)))
+            try:
+                received = self.tasks.receive(max_messages=1,
+                                              wait=math.ceil(min(remaining, 20)))  # fmt: skip
+                failures = 0
+            except QueueGone:
+                raise
+            except TransportError as exc:
+                failures += 1
+                log.warning("receiving a task failed (%d/%d): %s", failures,
+                            MAX_RECEIVE_FAILURES, exc)
+                if failures >= MAX_RECEIVE_FAILURES:
+                    raise
+                time.sleep(1.0)
+                continue
             for message in received:
                 self._handle(message, received_at)
                 idle_since = time.monotonic()
@@ -241,7 +258,12 @@ class Supervisor:
             self.outbox.flush()  # every result durable before the message goes
         finally:
             self.heartbeat.hold(None)
-        self.tasks.delete([message.receipt])
+        try:
+            self.tasks.delete([message.receipt])
+        except QueueGone:
+            raise
+        except TransportError as exc:  # redelivered later; its results are duplicates then
+            log.warning("deleting task message %s failed: %s", message.message_id, exc)
 
     def _must_hand_back(self, received_at: float) -> bool:
         """Could the next task outlive the message's 12-hour ceiling or the worker's job?"""
@@ -338,8 +360,13 @@ class Supervisor:
         self._stop_runner()
         if isinstance(outcome, Finished):
             raise InitializerFailed(outcome.data)
-        status = outcome.status if isinstance(outcome, Crashed) else None
-        raise InitializerFailed(dumps_exception(InitializerCrashedError(status, tail)))
+        if isinstance(outcome, TimedOut):
+            error: Exception = TimeoutError(
+                f"importing the client's script and running the initializer took more than "
+                f"max_task_seconds={self.settings.max_task_seconds:g} s; it was stopped")
+        else:
+            error = InitializerCrashedError(outcome.status, tail)
+        raise InitializerFailed(dumps_exception(error))
 
     def _init_payloads(self) -> tuple[bytes, bytes]:
         """The client's script source and the pickled initializer, fetched once."""
