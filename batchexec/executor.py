@@ -39,6 +39,7 @@ from .launcher import BatchLauncher, WorkerMonitor
 from .serialization import describe, digest, dumps
 from .session import Session
 from .tasks import TaskTable, WorkItem
+from .worker.mainmodule import check_not_importing_main
 
 log = logging.getLogger("batchexec")
 
@@ -95,6 +96,7 @@ class BatchExecutor(Executor):
         initargs: tuple = (),
         **options,
     ):
+        check_not_importing_main()
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):

@@ -510,3 +510,16 @@ def test_too_many_failed_receives_end_the_worker(monkeypatch):
     with pytest.raises(TransportError):
         sup.run()
     assert sup.runner is None  # the runner was stopped on the way out
+
+
+def test_a_script_that_starts_an_executor_unguarded_is_refused_on_the_worker(worker,
+                                                                            tmp_path):
+    path = tmp_path / "unguarded.py"
+    path.write_text("from batchexec import BatchExecutor\nex = BatchExecutor(2)\n")
+    code, _, _, results, _ = worker([script_message(("task", (1,)))], main_path=str(path))
+    assert code == 1
+    (event,) = [m for m in results.decoded() if isinstance(m, WorkerEvent)
+                and m.event == WorkerEvent.INITIALIZER_FAILED]
+    err = loads(event.error, "error").rebuild()
+    assert 'if __name__ == "__main__":' in str(err) and str(path) in str(err)
+    assert f'File "{path}", line 2' in str(err.__cause__)

@@ -21,6 +21,26 @@ import types
 
 MAIN_NAME = "__mp_main__"
 
+#: The path of the script being imported right now, while load_main runs ("" otherwise).
+_importing = ""
+
+
+def check_not_importing_main() -> None:
+    """Refuse to start an executor from the top level of a script a worker is importing.
+
+    Without the ``if __name__ == "__main__":`` guard, every worker importing the client's
+    script would start an executor of its own, which would launch workers of its own...
+    (multiprocessing refuses the same mistake with a RuntimeError).
+    """
+    if _importing:
+        from ..errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"a BatchExecutor was started while a worker was importing your script "
+            f"{_importing}: workers import the script to find its functions, so start the "
+            f"executor only under `if __name__ == \"__main__\":` (as with multiprocessing)"
+        )
+
 
 def load_main(path: str, source: bytes) -> types.ModuleType:
     """Execute ``source`` as the client's script at ``path``; returns the module.
@@ -40,5 +60,10 @@ def load_main(path: str, source: bytes) -> types.ModuleType:
     module.__spec__ = None  # as runpy.run_path leaves a script's module
     sys.modules[MAIN_NAME] = sys.modules["__main__"] = module
     code = compile(text, path, "exec", dont_inherit=True)
-    exec(code, module.__dict__)
+    global _importing
+    _importing = path
+    try:
+        exec(code, module.__dict__)
+    finally:
+        _importing = ""
     return module
