@@ -91,6 +91,14 @@ SCRIPT = textwrap.dedent('''\
         raise ValueError(f"boom {x}")
 
 
+    class Oops(Exception):
+        pass
+
+
+    def oops(x):
+        raise Oops(f"oops {x}")
+
+
     if __name__ == "__main__":
         endpoint, stack = sys.argv[1:3]
         with BatchExecutor(1, stack=stack, endpoint_url=endpoint, initializer=init,
@@ -100,6 +108,10 @@ SCRIPT = textwrap.dedent('''\
                 ex.submit(boom, 7).result(timeout=90)
             except ValueError as exc:
                 print("REMOTE", "".join(traceback.format_exception(exc)))
+            try:
+                ex.submit(oops, 2).result(timeout=90)
+            except Oops as exc:  # the script's own class, on both sides
+                print("CAUGHT", repr(exc))
 ''')
 
 
@@ -122,3 +134,4 @@ def test_a_script_runs_as_with_multiprocessing_spawn(emulator, clean_env, tmp_pa
     assert f'File "{script}", line 23, in boom' in remote, remote
     assert 'raise ValueError(f"boom {x}")' in remote
     assert "ValueError: boom 7" in remote
+    assert "CAUGHT Oops('oops 2')" in r.stdout
