@@ -24,7 +24,8 @@ import botocore.exceptions
 
 from . import protocol
 from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
-from .protocol import ResultEntry, ResultMessage, TaskMessage, WorkerEvent
+from .output import OutputPrinter
+from .protocol import OutputMessage, ResultEntry, ResultMessage, TaskMessage, WorkerEvent
 from .serialization import loads
 from .tasks import TaskTable
 from .threads import ServiceThread, settle
@@ -97,12 +98,12 @@ class ResultCollector(QueuePoller):
         store: PayloadStore,
         session: str,
         on_broken: BreakHandler,
-        on_output: Callable[[object], None] | None = None,
+        printer: OutputPrinter | None = None,
     ):
         super().__init__("batchexec-collector", table, queue, on_broken)
         self.store = store
         self.session = session
-        self.on_output = on_output
+        self.printer = printer or OutputPrinter()
         self._garbage: list[str] = []  # S3 payloads to delete after this batch
 
     def handle(self, received: list[Received]) -> None:
@@ -138,10 +139,10 @@ class ResultCollector(QueuePoller):
         elif isinstance(msg, ResultMessage):
             for entry in msg.results:
                 self._resolve(entry)
+        elif isinstance(msg, OutputMessage):
+            self.printer.print(msg)
         elif isinstance(msg, WorkerEvent):
             self._worker_event(msg)
-        elif self.on_output is not None and getattr(msg, "lines", None) is not None:
-            self.on_output(msg)
 
     def _worker_event(self, msg: WorkerEvent) -> None:
         if msg.event == WorkerEvent.INITIALIZER_FAILED:
@@ -159,9 +160,9 @@ class ResultCollector(QueuePoller):
             )
             error.__cause__ = cause
             self.on_broken(error)
-        elif msg.event in ("version_mismatch", "protocol_mismatch"):
-            detail = getattr(msg, "message", None) or msg.event
-            error_type = (protocol.ProtocolError if msg.event == "protocol_mismatch"
+        elif msg.event in (WorkerEvent.VERSION_MISMATCH, WorkerEvent.PROTOCOL_MISMATCH):
+            detail = msg.message or msg.event
+            error_type = (protocol.ProtocolError if msg.event == WorkerEvent.PROTOCOL_MISMATCH
                           else WorkersUnavailableError)
             self.on_broken(error_type(f"worker {msg.worker} cannot serve this client: {detail}"))
         else:

@@ -39,17 +39,20 @@ DEFAULT_MONITOR_INTERVAL = 5.0
 #: instance type with no capacity would otherwise leave jobs RUNNABLE forever).
 DEFAULT_START_TIMEOUT = 900.0
 
-#: SQS keeps a received message invisible at most 12 hours from its receipt, however often the
-#: heartbeat extends it: a longer task would be delivered again while it still runs. Tasks are
-#: therefore limited to 11.5 hours (the margin covers heartbeat jitter); the worker fails a task
-#: that runs longer with TaskTimeoutError instead of letting SQS duplicate it.
-SQS_VISIBILITY_CAP = 12 * 3600
-DEFAULT_MAX_TASK_SECONDS = 41400
-#: The job definition's attempt timeout (templates/batchexec.yaml). A worker takes no new
-#: message once it is older than job_timeout - max_task_seconds, so Batch never kills a task.
+#: Longest a task may run. SQS keeps a received message invisible for at most 12 hours from
+#: its receipt, so a task that could run longer would be handed to a second worker while the
+#: first still ran it. Past this the worker stops the task and fails it (TaskTimeoutError).
+DEFAULT_MAX_TASK_SECONDS = 41400  # 11.5 hours
+#: SQS's ceiling on a message's invisibility, counted from its receipt (seconds).
+SQS_MAX_VISIBILITY = 12 * 3600
+#: The stack's Batch job timeout (templates: JobTimeoutSeconds). A worker older than
+#: job_timeout - max_task_seconds takes no new task, so Batch never kills one mid-run.
 DEFAULT_JOB_TIMEOUT = 86400
-#: Bytes of stdout/stderr per task forwarded to the client (a marker shows where it was cut).
+#: Bytes of stdout/stderr forwarded to the client per task (0: none); the rest stays in the
+#: worker's log. Bounded so a chatty task cannot flood the result queue.
 DEFAULT_OUTPUT_LIMIT = 64 * KiB
+#: Upper bound on output_limit: output travels in SQS messages of at most 256 KiB each.
+MAX_OUTPUT_LIMIT = 16 * MiB
 #: Tasks in flight per worker offered to clients that size their own concurrency from the
 #: executor (dask reads ``_max_workers``): enough to hide a round trip of tens of ms behind
 #: tasks of a few ms, few enough that cancel() still reaches most of a large graph.
@@ -74,18 +77,37 @@ class SessionSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     inline_limit: int = DEFAULT_INLINE_LIMIT
     initializer_key: str = ""
-    # The client's main script (multiprocessing's spawn semantics): its path on the client,
-    # the S3 key of its source (for workers that do not share the client's files) and digest.
+    #: See DEFAULT_MAX_TASK_SECONDS / DEFAULT_JOB_TIMEOUT / DEFAULT_OUTPUT_LIMIT.
+    max_task_seconds: float = DEFAULT_MAX_TASK_SECONDS
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    #: The client's Python (major.minor) and cloudpickle versions; empty: not checked. A
+    #: worker whose own differ reports "version_mismatch" and runs nothing.
+    client_python: str = ""
+    client_cloudpickle: str = ""
+    #: The client's main script, as multiprocessing's spawn sees it: its absolute path, the S3
+    #: key (full, like initializer_key) of a copy of its source, and protocol.script_digest
+    #: of that source. Empty when the client has no script (interactive, -c).
     main_path: str = ""
     main_key: str = ""
     main_digest: str = ""
-    output_limit: int = DEFAULT_OUTPUT_LIMIT
-    max_task_seconds: int = DEFAULT_MAX_TASK_SECONDS
-    job_timeout: int = DEFAULT_JOB_TIMEOUT
-    # The client's versions: a worker that differs refuses to run (a pickle of one Python
-    # minor version can crash another's interpreter).
-    client_python: str = ""
-    client_cloudpickle: str = ""
+
+    def __post_init__(self):
+        if not 0 < self.max_task_seconds < SQS_MAX_VISIBILITY:
+            raise ConfigurationError(
+                f"max_task_seconds must be above 0 and below SQS's 12-hour limit "
+                f"({SQS_MAX_VISIBILITY} s), got {self.max_task_seconds!r}"
+            )
+        if not self.job_timeout > self.max_task_seconds:
+            raise ConfigurationError(
+                f"job_timeout ({self.job_timeout!r} s) must exceed max_task_seconds "
+                f"({self.max_task_seconds!r} s): a worker takes no task it could not finish "
+                f"before Batch's job timeout"
+            )
+        if not 0 <= self.output_limit <= MAX_OUTPUT_LIMIT:
+            raise ConfigurationError(
+                f"output_limit must be in [0, {MAX_OUTPUT_LIMIT}] bytes, got {self.output_limit!r}"
+            )
 
     @staticmethod
     def env_name(field_name: str) -> str:
@@ -134,7 +156,7 @@ class ExecutorOptions:
     messages_per_worker: int = DEFAULT_MESSAGES_PER_WORKER
     monitor_interval: float = DEFAULT_MONITOR_INTERVAL
     start_timeout: float = DEFAULT_START_TIMEOUT
-    max_task_seconds: int = DEFAULT_MAX_TASK_SECONDS
+    max_task_seconds: float = DEFAULT_MAX_TASK_SECONDS
     forward_output: bool = True
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     tasks_per_worker_hint: int = DEFAULT_TASKS_PER_WORKER_HINT
@@ -143,7 +165,7 @@ class ExecutorOptions:
         # (kind, low, high, why the bounds): checked here so that a value AWS would refuse
         # fails when the executor is built, not deep inside a retry loop.
         checks = {
-            "visibility_timeout": (int, 1, SQS_VISIBILITY_CAP, "SQS VisibilityTimeout, seconds"),
+            "visibility_timeout": (int, 1, SQS_MAX_VISIBILITY, "SQS VisibilityTimeout, seconds"),
             "max_attempts": (int, 1, 999, "the redrive policy's maxReceiveCount is at most "
                                           "1000 and is max_attempts + 1"),
             "worker_idle_timeout": (float, 1, 86400, "seconds"),
@@ -152,9 +174,9 @@ class ExecutorOptions:
             "messages_per_worker": (int, 1, 100, "task messages in flight per worker"),
             "monitor_interval": (float, 0.1, 3600, "seconds"),
             "start_timeout": (float, 1, 7 * 86400, "seconds"),
-            "max_task_seconds": (int, 1, DEFAULT_MAX_TASK_SECONDS,
+            "max_task_seconds": (float, 1, DEFAULT_MAX_TASK_SECONDS,
                                  "seconds; SQS hides a received message at most 12 hours"),
-            "output_limit": (int, 0, 64 * MiB, "bytes of output per task"),
+            "output_limit": (int, 0, MAX_OUTPUT_LIMIT, "bytes of output per task"),
             "tasks_per_worker_hint": (int, 1, 10_000, "tasks in flight per worker"),
         }
         for name, (kind, lo, hi, why) in checks.items():

@@ -54,10 +54,11 @@ from .errors import (
     WorkersUnavailableError,
 )
 from .launcher import BatchLauncher, WorkerMonitor
-from .serialization import describe, digest, dumps
+from .serialization import describe, digest, dumps, main_script_path
 from .session import Session
 from .tasks import NotAccepted, TaskTable, WorkItem
 from .threads import TaskFuture, settle
+from .worker.mainmodule import check_not_importing_main
 
 log = logging.getLogger("batchexec")
 
@@ -128,6 +129,7 @@ class BatchExecutor(Executor):
         initargs: tuple = (),
         **options,
     ):
+        check_not_importing_main()
         if max_workers is not None:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):
                 raise TypeError(
@@ -176,6 +178,10 @@ class BatchExecutor(Executor):
             raise
 
         self._session_id = self._session.id
+        if main_script_path():
+            # Classes of the script come back from workers as "__mp_main__.X" (the name the
+            # runner imports the script under): resolve them to this process's script.
+            sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
         self._workers = max_workers or self.stack.default_workers
         # What clients that size their own concurrency read (dask: `_max_workers`).
         self._max_workers = self._workers * self._options.tasks_per_worker_hint
@@ -205,7 +211,7 @@ class BatchExecutor(Executor):
             TaskDispatcher(self._table, session.tasks, session.store, session.id,
                            self._options.inline_limit, self._set_broken),
             ResultCollector(self._table, session.results, session.store, session.id,
-                            self._set_broken, on_output=_output_printer()),
+                            self._set_broken),
             self._watcher,
             self._monitor,
         ]
@@ -500,14 +506,6 @@ def _chunks(iterable: Iterable, n: int) -> Iterator[tuple]:
     it = iter(iterable)
     while chunk := tuple(itertools.islice(it, n)):
         yield chunk
-
-
-def _output_printer():
-    try:
-        from .output import OutputPrinter
-    except ImportError:  # pragma: no cover - the worker's output forwarding lands separately
-        return None
-    return OutputPrinter().handle
 
 
 def _install_interrupt_hook() -> None:

@@ -36,6 +36,7 @@ import pickle
 import sys
 import traceback
 import types
+from collections import OrderedDict
 
 import cloudpickle
 from cloudpickle import cloudpickle as _cp
@@ -46,6 +47,8 @@ PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Buffers at least this large inside arguments are pickled apart and uploaded once per
 #: session: below it, a second S3 request costs more than resending the bytes.
 BLOB_THRESHOLD = 256 * 1024
+#: Distinct large buffers a worker keeps unpickled (least recently used go first).
+BLOB_CACHE_SIZE = 8
 #: The module name workers give the client's main script (as multiprocessing's spawn does).
 MAIN_MODULE_ALIAS = "__mp_main__"
 
@@ -90,11 +93,6 @@ def _lookup(module, qualname: str):
     return obj
 
 
-def main_attribute(qualname: str):
-    """Worker side of a by-reference ``__main__`` function or class."""
-    return _lookup(sys.modules["__main__"], qualname)
-
-
 # -- shared namespaces of by-value functions ---------------------------------------------------
 
 _namespaces: dict[str, dict] = {}
@@ -102,8 +100,9 @@ _namespaces: dict[str, dict] = {}
 
 def shared_namespace(module: str) -> dict:
     """The one global namespace of by-value functions of ``module`` in this process."""
-    if module == "__main__" and MAIN_MODULE_ALIAS in sys.modules:
-        return vars(sys.modules[MAIN_MODULE_ALIAS])
+    script = sys.modules.get(MAIN_MODULE_ALIAS)
+    if module == "__main__" and getattr(script, "__name__", None) == MAIN_MODULE_ALIAS:
+        return vars(script)  # the client's script, imported by the runner
     ns = _namespaces.get(module)
     if ns is None:
         ns = _namespaces[module] = {"__name__": module, "__builtins__": __builtins__}
@@ -163,7 +162,7 @@ class Pickler(cloudpickle.Pickler):
             except AttributeError:
                 found = False
             if found:
-                return main_attribute, (qualname,)
+                return NotImplemented  # pickle's own save_global: "__main__", qualname
         return super().reducer_override(obj)
 
     def _function_getnewargs(self, func):
@@ -243,17 +242,41 @@ class _Unpickler(pickle.Unpickler):
 
 
 class BlobTable:
-    """Blobs of one worker process: unpickled once each, however many tasks refer to them."""
+    """A runner's large buffers by digest: each unpickled once while recently used.
 
-    def __init__(self, fetch):
-        self._fetch = fetch  # digest -> pickled bytes (from the message or S3)
-        self._objects: dict[str, object] = {}
+    The supervisor hands over the pickled bytes with every task that needs them (``add``);
+    a buffer still cached from an earlier task is not unpickled again, so a large object
+    shared by a whole map costs one unpickle per worker, not one per task.
+    """
+
+    def __init__(self, capacity: int = BLOB_CACHE_SIZE):
+        self.capacity = capacity
+        self._objects: OrderedDict[str, object] = OrderedDict()
+        self._pending: dict[str, bytes] = {}
+
+    def add(self, key: str, data: bytes) -> None:
+        if key not in self._objects:
+            self._pending[key] = data
+
+    def clear_pending(self) -> None:
+        self._pending.clear()
 
     def __getitem__(self, key: str):
-        obj = self._objects.get(key)
-        if obj is None:
-            obj = self._objects[key] = pickle.loads(self._fetch(key))
+        obj = self._objects.get(key, _MISSING)
+        if obj is not _MISSING:
+            self._objects.move_to_end(key)
+            return obj
+        try:
+            data = self._pending.pop(key)
+        except KeyError:
+            raise pickle.UnpicklingError(f"large buffer {key} was not delivered") from None
+        obj = self._objects[key] = pickle.loads(data)
+        while len(self._objects) > self.capacity:
+            self._objects.popitem(last=False)
         return obj
+
+
+_MISSING = object()
 
 
 def loads(data: bytes, what: str, blobs=None):

@@ -24,7 +24,8 @@ import cloudpickle
 
 from .config import ExecutorOptions, SessionSettings
 from .errors import ConfigurationError
-from .serialization import digest, dumps, main_script_path
+from .protocol import script_digest
+from .serialization import dumps, main_script_path
 from .transport import MessageQueue, PayloadStore, is_queue_gone
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,5 @@ def _ship_main_script(store: PayloadStore) -> dict[str, str]:
         return {}
     with open(path, "rb") as f:
         source = f.read()
-    key_digest = digest(source)
-    key = store.put(f"main/{key_digest}.py", source)
-    return {"main_path": path, "main_key": key, "main_digest": key_digest}
+    return {"main_path": path, "main_key": store.put("main.py", source),
+            "main_digest": script_digest(source)}

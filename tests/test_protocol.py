@@ -52,13 +52,13 @@ def test_result_and_event_round_trip():
 
 def test_other_versions_and_garbage_are_clear_errors():
     body = json.loads(TaskMessage("s", []).encode())
-    body["v"] = 2
-    with pytest.raises(protocol.ProtocolError, match="version 2 is not supported.*same batchexec"):
+    body["v"] = 1
+    with pytest.raises(protocol.ProtocolError, match="version 1 is not supported.*same batchexec"):
         protocol.decode(json.dumps(body))
     with pytest.raises(protocol.ProtocolError, match="not JSON"):
         protocol.decode("hello")
     with pytest.raises(protocol.ProtocolError, match="malformed"):
-        protocol.decode('{"v": 1, "type": "tasks"}')
+        protocol.decode('{"v": 2, "type": "tasks"}')
 
 
 def test_single_keeps_only_its_callable():

@@ -10,8 +10,13 @@ import taskfuncs as tf
 
 from batchexec import BatchExecutor
 
-log_dir = sys.argv[1]
-with BatchExecutor(2, visibility_timeout=3, monitor_interval=0.5) as ex:
-    print("session", ex.session_id, flush=True)
-    for result in ex.map(tf.record_then, range(12), [log_dir] * 12, [10] * 12):
-        print("result", result, flush=True)
+
+def main(log_dir: str) -> None:
+    with BatchExecutor(2, visibility_timeout=3, monitor_interval=0.5) as ex:
+        print("session", ex.session_id, flush=True)
+        for result in ex.map(tf.record_then, range(12), [log_dir] * 12, [10] * 12):
+            print("result", result, flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
