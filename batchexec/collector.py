@@ -26,7 +26,7 @@ from . import protocol
 from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
 from .output import OutputPrinter
 from .protocol import OutputMessage, ResultEntry, ResultMessage, TaskMessage, WorkerEvent
-from .serialization import loads
+from .serialization import digest, loads
 from .tasks import TaskTable
 from .threads import ServiceThread, settle
 from .transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
@@ -99,10 +99,12 @@ class ResultCollector(QueuePoller):
         session: str,
         on_broken: BreakHandler,
         printer: OutputPrinter | None = None,
+        dead_letters: MessageQueue | None = None,
     ):
         super().__init__("batchexec-collector", table, queue, on_broken)
         self.store = store
         self.session = session
+        self.dead_letters = dead_letters
         self.printer = printer or OutputPrinter()
         self._garbage: list[str] = []  # S3 payloads to delete after this batch
 
@@ -121,6 +123,9 @@ class ResultCollector(QueuePoller):
                 log.warning("%s", exc)
 
     def _handle(self, message: Received) -> None:
+        if not message.authentic:
+            self._reject(message)
+            return
         try:
             msg = protocol.decode(message.body)
         except protocol.ProtocolError as exc:
@@ -143,6 +148,18 @@ class ResultCollector(QueuePoller):
             self.printer.print(msg)
         elif isinstance(msg, WorkerEvent):
             self._worker_event(msg)
+
+    def _reject(self, message: Received) -> None:
+        """A message that nobody with the session's key wrote: never decoded or unpickled.
+        It goes to the dead-letter queue for inspection (deleted here with the batch)."""
+        log.error("a message on %s failed authentication (forged, or tampered with): moved "
+                  "to the dead-letter queue without reading it", self.queue)
+        if self.dead_letters is not None:
+            try:
+                self.dead_letters.send_each([message.body], self.session,
+                                            rejected="unauthenticated result message")
+            except TransportError as exc:
+                log.warning("could not dead-letter it: %s", exc)
 
     def _worker_event(self, msg: WorkerEvent) -> None:
         if msg.event == WorkerEvent.INITIALIZER_FAILED:
@@ -177,6 +194,12 @@ class ResultCollector(QueuePoller):
         self._garbage.extend(record.garbage)
         try:
             data = self.store.get(entry.ref) if entry.ref else entry.data
+            if entry.ref and digest(data) != entry.sha:
+                raise SerializationError(
+                    f"the result of task {entry.task_id} ({record.label}) at "
+                    f"s3://{self.store.bucket}/{entry.ref} does not match the digest its worker "
+                    f"sent: it was changed after the worker wrote it, so it is not unpickled"
+                )
             value = loads(data, f"result of task {entry.task_id} ({record.label})")
         except (SerializationError, TransportError) as exc:
             settle(record.future, error=exc)
@@ -242,13 +265,14 @@ class DeadLetterWatcher(ServiceThread):
     def _handle(self, message: Received) -> None:
         owner = message.attributes.get(protocol.SESSION_ATTRIBUTE)
         msg = None
-        try:
-            msg = protocol.decode(message.body)
-            owner = msg.session
-        except protocol.ProtocolError:
-            pass
-        if owner != self.session or not isinstance(msg, TaskMessage):
-            self._release(message, owner)
+        if message.authentic:  # JSON only: nothing here is ever unpickled
+            try:
+                msg = protocol.decode(message.body)
+                owner = msg.session
+            except protocol.ProtocolError:
+                pass
+        if owner != self.session or not isinstance(msg, TaskMessage) or not message.authentic:
+            self._release(message, owner if message.authentic else None)
             return
         for task in msg.tasks:
             record = self.table.resolve(task.task_id)

@@ -91,6 +91,12 @@ class SessionSettings:
     main_path: str = ""
     main_key: str = ""
     main_digest: str = ""
+    #: Digest of the pickled initializer at initializer_key: checked before it is unpickled.
+    initializer_digest: str = ""
+    #: The session's HMAC key (hex): every message is signed with it and checked before it is
+    #: decoded. It reaches workers only through their job's environment (never S3 or a
+    #: queue), which another session's task code cannot read.
+    session_key: str = ""
 
     def __post_init__(self):
         if not 0 < self.max_task_seconds < SQS_MAX_VISIBILITY:
@@ -108,6 +114,13 @@ class SessionSettings:
             raise ConfigurationError(
                 f"output_limit must be in [0, {MAX_OUTPUT_LIMIT}] bytes, got {self.output_limit!r}"
             )
+
+    @property
+    def key(self) -> bytes | None:
+        return bytes.fromhex(self.session_key) if self.session_key else None
+
+    def __repr__(self) -> str:  # never print the key (logs, tracebacks)
+        return f"SessionSettings(session={self.session!r}, ...)"
 
     @staticmethod
     def env_name(field_name: str) -> str:

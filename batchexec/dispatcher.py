@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from . import protocol
 from .protocol import TaskEntry, TaskMessage
+from .serialization import digest
 from .tasks import TaskTable, WorkItem
 from .threads import ServiceThread, settle
 from .transport import MessageQueue, PayloadStore, TransportError
@@ -154,7 +155,8 @@ class TaskDispatcher(ServiceThread):
         blobs = list(item.blobs)
         if len(item.args_bytes) > self.inline_limit:
             ref = self.store.put(f"tasks/{item.task_id}", item.args_bytes)
-            return TaskEntry(item.task_id, item.fn_digest, ref=ref, blobs=blobs), refs
+            return TaskEntry(item.task_id, item.fn_digest, ref=ref, blobs=blobs,
+                             sha=digest(item.args_bytes)), refs
         return TaskEntry(item.task_id, item.fn_digest, args=item.args_bytes, blobs=blobs), refs
 
     def _upload_once(self, digest: str, data: bytes) -> str:

@@ -211,7 +211,7 @@ class BatchExecutor(Executor):
             TaskDispatcher(self._table, session.tasks, session.store, session.id,
                            self._options.inline_limit, self._set_broken),
             ResultCollector(self._table, session.results, session.store, session.id,
-                            self._set_broken),
+                            self._set_broken, dead_letters=session.dead_letters),
             self._watcher,
             self._monitor,
         ]

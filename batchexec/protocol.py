@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 
@@ -54,6 +55,21 @@ ENTRY_OVERHEAD = 96
 #: sessions apart without parsing bodies.
 SESSION_ATTRIBUTE = "batchexec-session"
 VERSION_ATTRIBUTE = "batchexec-version"
+#: HMAC-SHA256 of the body under the session's key (hex). Checked before a body is decoded,
+#: so a message nobody with the key wrote is never unpickled or executed.
+MAC_ATTRIBUTE = "batchexec-mac"
+#: Set on a message moved to the dead-letter queue because it failed authentication.
+REJECTED_ATTRIBUTE = "batchexec-rejected"
+
+
+def sign(key: bytes, body: str) -> str:
+    """The MAC a message body carries (hex HMAC-SHA256 under the session key)."""
+    return hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def authentic(key: bytes, body: str, mac: str | None) -> bool:
+    """Whether ``mac`` is ``body``'s MAC under ``key`` (constant-time comparison)."""
+    return bool(mac) and hmac.compare_digest(sign(key, body), mac)
 
 
 class ProtocolError(BatchExecError, ValueError):
@@ -106,11 +122,13 @@ class TaskEntry:
     args: bytes | None = None
     ref: str | None = None
     blobs: list[str] = field(default_factory=list)
+    sha: str | None = None  # digest of the object at ref: checked before it is unpickled
 
     def to_json(self) -> dict:
         d: dict = {"id": self.task_id, "fn": self.fn}
         if self.ref is not None:
             d["ref"] = self.ref
+            d["sha"] = self.sha
         else:
             d["args"] = b64(self.args or b"")
         if self.blobs:
@@ -120,7 +138,7 @@ class TaskEntry:
     @classmethod
     def from_json(cls, d: dict) -> TaskEntry:
         return cls(d["id"], d["fn"], unb64(d["args"]) if "args" in d else None, d.get("ref"),
-                   list(d.get("blobs", ())))
+                   list(d.get("blobs", ())), d.get("sha"))
 
 
 @dataclass
@@ -159,11 +177,13 @@ class ResultEntry:
     seconds: float = 0.0
     data: bytes | None = None
     ref: str | None = None
+    sha: str | None = None  # digest of the object at ref: checked before it is unpickled
 
     def to_json(self) -> dict:
         d = {"id": self.task_id, "ok": self.ok, "s": round(self.seconds, 6)}
         if self.ref is not None:
             d["ref"] = self.ref
+            d["sha"] = self.sha
         else:
             d["data"] = b64(self.data or b"")
         return d
@@ -176,6 +196,7 @@ class ResultEntry:
             float(d.get("s", 0.0)),
             unb64(d["data"]) if "data" in d else None,
             d.get("ref"),
+            d.get("sha"),
         )
 
     def encoded_size(self) -> int:

@@ -9,13 +9,16 @@ without TLS.
 
 The session also carries what workers need to behave like a spawned process of this one: the
 client's main script (uploaded once, for workers that do not share the client's files) and the
-client's Python and cloudpickle versions, which a worker must match.
+client's Python and cloudpickle versions, which a worker must match, and the session's HMAC
+key: every message is signed with it and checked before it is decoded, so nothing another
+session (or anyone with only sqs:SendMessage) puts on our queues is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sys
 import uuid
 
@@ -25,7 +28,7 @@ import cloudpickle
 from .config import ExecutorOptions, SessionSettings
 from .errors import ConfigurationError
 from .protocol import script_digest
-from .serialization import dumps, main_script_path
+from .serialization import digest, dumps, main_script_path
 from .transport import MessageQueue, PayloadStore, is_queue_gone
 
 log = logging.getLogger(__name__)
@@ -47,9 +50,10 @@ class Session:
         self.sqs = sqs
         self.store = store
         self.stack_name = stack_name
-        self.tasks = MessageQueue(sqs, settings.task_queue_url)
-        self.results = MessageQueue(sqs, settings.result_queue_url)
-        self.dead_letters = MessageQueue(sqs, settings.dead_letter_queue_url)
+        key = settings.key
+        self.tasks = MessageQueue(sqs, settings.task_queue_url, key)
+        self.results = MessageQueue(sqs, settings.result_queue_url, key)
+        self.dead_letters = MessageQueue(sqs, settings.dead_letter_queue_url, key)
 
     @property
     def id(self) -> str:
@@ -99,12 +103,13 @@ class Session:
             sqs.delete_queue(QueueUrl=task_url)
             raise
         store = PayloadStore(clients.client("s3"), stack.bucket, f"sessions/{session}")
-        initializer_key = ""
+        initializer_key = initializer_digest = ""
         main = {}
         try:
             if initializer is not None:
                 blob = dumps((initializer, tuple(initargs)), "initializer and initargs")
                 initializer_key = store.put("initializer", blob)
+                initializer_digest = digest(blob)
             main = _ship_main_script(store)
         except BaseException:
             sqs.delete_queue(QueueUrl=task_url)
@@ -122,6 +127,8 @@ class Session:
             idle_timeout=options.worker_idle_timeout,
             inline_limit=options.inline_limit,
             initializer_key=initializer_key,
+            initializer_digest=initializer_digest,
+            session_key=secrets.token_hex(32),
             output_limit=options.output_limit if options.forward_output else 0,
             max_task_seconds=options.max_task_seconds,
             client_python=f"{sys.version_info.major}.{sys.version_info.minor}",

@@ -17,7 +17,15 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from .aws import LONG_POLL_SECONDS, error_code
-from .protocol import SQS_BATCH_ENTRIES, SQS_MESSAGE_LIMIT, session_attributes
+from .protocol import (
+    MAC_ATTRIBUTE,
+    REJECTED_ATTRIBUTE,
+    SQS_BATCH_ENTRIES,
+    SQS_MESSAGE_LIMIT,
+    authentic,
+    session_attributes,
+    sign,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +63,22 @@ class Received:
     message_id: str
     receive_count: int
     attributes: dict
+    #: The body carries a valid MAC under the queue's session key (always True for a queue
+    #: opened without a key). Nothing that is not authentic may be decoded.
+    authentic: bool = True
 
 
 class MessageQueue:
-    """One SQS queue: batched sends, long-polled receives, batched deletes."""
+    """One SQS queue: batched sends, long-polled receives, batched deletes.
 
-    def __init__(self, sqs, url: str):
+    Opened with the session's ``key``, it signs what it sends (HMAC-SHA256 of the body, in
+    the ``batchexec-mac`` attribute) and marks what it receives as authentic or not.
+    """
+
+    def __init__(self, sqs, url: str, key: bytes | None = None):
         self.sqs = sqs
         self.url = url
+        self.key = key
 
     def __repr__(self) -> str:
         return f"MessageQueue({self.url.rsplit('/', 1)[-1]})"
@@ -73,22 +89,28 @@ class MessageQueue:
         if errors:
             raise TransportError(f"{len(errors)} message(s) to {self} failed: {errors[0]}")
 
-    def send_each(self, bodies: list[str], session: str) -> list[str | None]:
+    def send_each(self, bodies: list[str], session: str, *,
+                  rejected: str = "") -> list[str | None]:
         """Send bodies with the session's attributes, in as few SendMessageBatch calls as fit.
 
         Returns, per body, None if SQS accepted it or the reason it did not (after retrying
         the entries the service reported as failed): a batch can partly succeed, and the
         caller must not treat accepted messages as lost. A call that fails as a whole raises
-        (QueueGone when the queue was deleted, else TransportError).
+        (QueueGone when the queue was deleted, else TransportError). ``rejected``: forward
+        bodies that failed authentication, unsigned, with the reason as an attribute.
         """
         attrs = session_attributes(session)
+        if rejected:
+            attrs[REJECTED_ATTRIBUTE] = {"DataType": "String", "StringValue": rejected}
+        signing = self.key is not None and not rejected
         attr_size = sum(
             len(k) + len(v["StringValue"]) + len(v["DataType"]) for k, v in attrs.items()
-        )
+        ) + (len(MAC_ATTRIBUTE) + 64 + 6 if signing else 0)
         errors: list[str | None] = [None] * len(bodies)
         for group in _size_groups(list(enumerate(bodies)), attr_size, errors):
             entries = [
-                {"Id": str(i), "MessageBody": body, "MessageAttributes": attrs}
+                {"Id": str(i), "MessageBody": body,
+                 "MessageAttributes": _with_mac(attrs, self.key, body) if signing else attrs}
                 for i, body in group
             ]
             for index, reason in self._send_entries(entries).items():
@@ -137,16 +159,18 @@ class MessageQueue:
             if is_queue_gone(exc):
                 raise QueueGone(f"{self} no longer exists") from exc
             raise TransportError(f"receiving from {self} failed: {exc}") from exc
-        return [
-            Received(
+        out = []
+        for m in resp.get("Messages", []):
+            attrs = {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}
+            out.append(Received(
                 m["Body"],
                 m["ReceiptHandle"],
                 m["MessageId"],
                 int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
-                {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()},
-            )
-            for m in resp.get("Messages", [])
-        ]
+                attrs,
+                self.key is None or authentic(self.key, m["Body"], attrs.get(MAC_ATTRIBUTE)),
+            ))
+        return out
 
     def delete(self, receipts: Iterable[str]) -> None:
         receipts = list(receipts)
@@ -183,6 +207,10 @@ class MessageQueue:
         except botocore.exceptions.ClientError as exc:
             if not is_queue_gone(exc):
                 raise
+
+
+def _with_mac(attrs: dict, key: bytes, body: str) -> dict:
+    return {**attrs, MAC_ATTRIBUTE: {"DataType": "String", "StringValue": sign(key, body)}}
 
 
 def _size_groups(bodies: list[tuple[int, str]], attr_size: int, errors: list):

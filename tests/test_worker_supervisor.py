@@ -56,6 +56,10 @@ class FakeQueue:
         with self._lock:
             self.sent += [(time.monotonic(), b) for b in bodies]
 
+    def send_each(self, bodies, session, rejected=""):
+        self.send(bodies, session)
+        return [None] * len(bodies)
+
     def receive(self, max_messages=10, wait=20):
         if self.inbox:
             return [self.inbox.pop(0)]
@@ -523,3 +527,40 @@ def test_a_script_that_starts_an_executor_unguarded_is_refused_on_the_worker(wor
     err = loads(event.error, "error").rebuild()
     assert 'if __name__ == "__main__":' in str(err) and str(path) in str(err)
     assert f'File "{path}", line 2' in str(err.__cause__)
+
+
+class _Creates:
+    """Unpickling this creates a file (proof that attacker data was unpickled)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_an_s3_payload_changed_after_upload_is_refused_unread(worker, tmp_path):
+    marker = tmp_path / "pwned"
+    fn = cloudpickle.dumps(wf.record)
+    genuine = cloudpickle.dumps(((1, str(tmp_path)), {}))
+    entry = TaskEntry("0", digest(fn), ref="tasks/0", sha=digest(genuine))
+    body = TaskMessage("s", [entry], {digest(fn): fn}).encode()
+    store = FakeStore({"tasks/0": pickle.dumps(_Creates(str(marker)))})  # swapped in S3
+    code, _, tasks, results, _ = worker([Received(body, "r1", "m1", 1, {})], store=store)
+    ok, error = results_of(results)["0"]
+    assert not ok and isinstance(error, protocol.ProtocolError)
+    assert "does not match the digest" in str(error)
+    assert not marker.exists()
+    assert tasks.deleted == ["r1"]
+
+
+def test_an_unauthenticated_task_message_is_dead_lettered_unread(worker, tmp_path):
+    marker = tmp_path / "pwned"
+    fn = pickle.dumps(_Creates(str(marker)))
+    body = TaskMessage("s", [TaskEntry("0", digest(fn), args=fn)], {digest(fn): fn}).encode()
+    forged = Received(body, "r1", "m1", 1, {}, authentic=False)
+    code, _, tasks, results, dead = worker([forged])
+    assert [b for _, b in dead.sent] == [body]
+    assert tasks.deleted == ["r1"]
+    assert not any(isinstance(m, ResultMessage) for m in results.decoded())
+    assert not marker.exists()

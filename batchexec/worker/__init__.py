@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(
         settings,
         wid,
-        tasks=MessageQueue(sqs, settings.task_queue_url),
-        results=MessageQueue(sqs, settings.result_queue_url),
-        dead_letters=MessageQueue(sqs, settings.dead_letter_queue_url),
+        tasks=MessageQueue(sqs, settings.task_queue_url, settings.key),
+        results=MessageQueue(sqs, settings.result_queue_url, settings.key),
+        dead_letters=MessageQueue(sqs, settings.dead_letter_queue_url, settings.key),
         store=PayloadStore(clients.client("s3"), settings.bucket, settings.prefix),
     )
     return supervisor.run()

@@ -86,6 +86,7 @@ class RunnerProcess:
                 stdout=out_w,
                 stderr=err_w,
                 pass_fds=(theirs.fileno(),),
+                env=runner_environment(),
                 start_new_session=True,  # its own process group: stop() kills what it leaves
             )
         except BaseException:
@@ -185,3 +186,13 @@ class RunnerProcess:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def runner_environment() -> dict[str, str]:
+    """The runner's environment: the worker's, less the session key (user code has no use
+    for it, and need not be able to sign messages)."""
+    from ..config import SessionSettings
+
+    env = dict(os.environ)
+    env.pop(SessionSettings.env_name("session_key"), None)
+    return env

@@ -213,6 +213,15 @@ class Supervisor:
     # -- one message ------------------------------------------------------------------------
 
     def _handle(self, message: Received, received_at: float) -> None:
+        if not message.authentic:
+            # Not signed with this session's key: forged, tampered with, or another
+            # session's. It is never decoded, let alone unpickled or run.
+            log.error("task message %s failed authentication: moving it to the dead-letter "
+                      "queue unread", message.message_id)
+            self.dead_letters.send_each([message.body], self.settings.session,
+                                        rejected="unauthenticated task message")
+            self.tasks.delete([message.receipt])
+            return
         try:
             msg = protocol.decode(message.body)
             if not isinstance(msg, TaskMessage):
@@ -339,7 +348,15 @@ class Supervisor:
         else:
             raise protocol.ProtocolError(f"task {entry.task_id} names callable {entry.fn!r}, "
                                          f"which its message does not carry")
-        args_bytes = self.store.get(entry.ref) if entry.ref is not None else entry.args or b""
+        if entry.ref is not None:
+            args_bytes = self.store.get(entry.ref)
+            if content_digest(args_bytes) != entry.sha:
+                raise protocol.ProtocolError(
+                    f"s3 object {entry.ref} does not match the digest in its (authenticated) "
+                    f"task message: it was changed after the client uploaded it; the task is "
+                    f"not run")
+        else:
+            args_bytes = entry.args or b""
         blobs = {}
         for key in entry.blobs:
             if key not in msg.refs:
@@ -369,7 +386,7 @@ class Supervisor:
                 key = self.store.put(f"results/{task_id}-{uuid.uuid4().hex[:8]}", data)
             except TransportError as exc:
                 return ResultEntry(task_id, False, seconds, data=dumps_exception(exc))
-            return ResultEntry(task_id, ok, seconds, ref=key)
+            return ResultEntry(task_id, ok, seconds, ref=key, sha=content_digest(data))
         return ResultEntry(task_id, ok, seconds, data=data)
 
     # -- the runner -------------------------------------------------------------------------
@@ -407,6 +424,10 @@ class Supervisor:
                 source = self._main_source()
                 key = self.settings.initializer_key
                 initializer = self.store.get(key) if key else b""
+                if key and content_digest(initializer) != self.settings.initializer_digest:
+                    raise ConfigurationError(
+                        f"the initializer at s3 key {key} does not match the digest the client "
+                        f"gave this worker: it was changed after upload, so it is not run")
             except (TransportError, ConfigurationError) as exc:
                 raise InitializerFailed(dumps_exception(exc)) from exc
             self._init_blobs = (source, initializer)
@@ -426,7 +447,12 @@ class Supervisor:
         except OSError:
             pass
         if self.settings.main_key:
-            return self.store.get(self.settings.main_key)
+            shipped = self.store.get(self.settings.main_key)
+            if protocol.script_digest(shipped) != digest:
+                raise ConfigurationError(
+                    f"the copy of {path} at s3 key {self.settings.main_key} does not match the "
+                    f"client's digest: it was changed after upload, so it is not imported")
+            return shipped
         raise ConfigurationError(
             f"the client's script {path} is not on this worker (or differs from the client's) "
             f"and the client shipped no copy of it: its functions cannot be loaded here"
