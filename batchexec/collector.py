@@ -32,6 +32,7 @@ from .threads import ServiceThread, settle
 from .transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
 
 log = logging.getLogger(__name__)
+_futures_log = logging.getLogger("concurrent.futures")
 
 #: Consecutive failed polls (each already retried by botocore) before the executor gives up.
 MAX_POLL_FAILURES = 5
@@ -169,8 +170,10 @@ class ResultCollector(QueuePoller):
                     cause = loads(msg.error, "initializer's exception").rebuild()
                 except SerializationError as exc:
                     cause = exc
-            # As ProcessPoolExecutor does: the failure is logged at CRITICAL, with the trace.
-            log.critical("Exception in initializer (worker %s):", msg.worker, exc_info=cause)
+            # As the standard executors do: logged at CRITICAL on "concurrent.futures", with
+            # the (remote) traceback.
+            _futures_log.critical("Exception in initializer (batchexec worker %s):",
+                                  msg.worker, exc_info=cause)
             error = WorkersUnavailableError(
                 f"the initializer raised in worker {msg.worker}: "
                 f"{type(cause).__name__}: {cause}; no task can run (see the cause above)"

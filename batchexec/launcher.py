@@ -212,14 +212,19 @@ class WorkerMonitor(ServiceThread):
         self._stopping = threading.Event()
         self._launched_at: float | None = None
         self._waiting_since: float | None = None
+        self._saw_work = False
         self._progress_at_wait = 0
         self._seen_failed = 0
         self._streak = 0
         self._progress_mark = 0
 
     def poke(self) -> None:
-        """New work arrived: check now rather than at the next interval."""
-        self._wake.set()
+        """New work arrived. Check now when the fleet may be short of it (nothing launched
+        yet, or the last round saw no work, so workers may have idle-exited); otherwise the
+        next round comes soon enough. So a stream of submits (dask submits one task at a time)
+        costs one DescribeJobs per interval, not one per submit."""
+        if self._launched_at is None or not self._saw_work:
+            self._wake.set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -233,7 +238,9 @@ class WorkerMonitor(ServiceThread):
             if self._stopping.is_set():
                 return
             try:
-                if self.outstanding() and self._check():
+                work = self.outstanding()
+                self._saw_work = bool(work)
+                if work and self._check():
                     return
                 interval = self.interval
             except WorkersUnavailableError as exc:

@@ -147,6 +147,18 @@ class Pickler(cloudpickle.Pickler):
         self.blobs: dict[str, bytes] = {}
 
     def reducer_override(self, obj):
+        if isinstance(obj, types.CodeType):
+            return _code_reduce_keeping_filename(obj)
+        if isinstance(obj, types.MethodType):
+            # A bound method of something picklable goes as getattr(owner, name), as pickle
+            # does: cloudpickle would send a classmethod of an importable class by value.
+            name = getattr(obj.__func__, "__name__", None)
+            try:
+                same = name is not None and getattr(obj.__self__, name) == obj
+            except Exception:
+                same = False
+            if same:
+                return getattr, (obj.__self__, name)
         if isinstance(obj, io.IOBase):
             raise SerializationTypeError(
                 f"an open file object ({obj!r}) cannot be sent to a worker, whatever its "
@@ -195,6 +207,15 @@ class Pickler(cloudpickle.Pickler):
         key = digest(data)
         self.blobs[key] = data
         return ("blob", key)
+
+
+def _code_reduce_keeping_filename(code: types.CodeType):
+    """cloudpickle's code reduction, but keeping the real file name (cloudpickle writes
+    "<dynamic-code>"), so that tracebacks of lambdas and closures name their file and line,
+    and the worker's linecache can show the line (the client's script is registered there)."""
+    reduced = _cp._code_reduce(code)
+    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in reduced[1])
+    return (reduced[0], args, *reduced[2:])
 
 
 class _NamespaceRef:

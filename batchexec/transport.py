@@ -255,12 +255,11 @@ class PayloadStore:
         return key
 
     def get(self, key: str) -> bytes:
-        buf = io.BytesIO()
+        """One GetObject (download_fileobj would add a HeadObject to every payload)."""
         try:
-            self.s3.download_fileobj(self.bucket, key, buf, Config=_TRANSFER)
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:
             raise TransportError(f"downloading s3://{self.bucket}/{key} failed: {exc}") from exc
-        return buf.getvalue()
 
     def delete(self, keys: list[str]) -> None:
         """Delete these objects (payloads that are no longer needed), 1,000 a request."""

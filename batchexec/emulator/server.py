@@ -45,7 +45,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     )
     from werkzeug.serving import make_server
 
-    from . import jobs
+    from . import jobs, speedups
     from .control import ControlMiddleware
 
     class RequestHandler(MotoRequestHandler):
@@ -62,6 +62,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     endpoint = f"http://{reach}:{bound}"
     os.environ["MOTO_PORT"] = str(bound)  # moto builds some URLs (SQS queue URLs) from it
     jobs.install(endpoint)
+    speedups.install()
 
     def stop(signum, frame):
         raise _Stop()
