@@ -6,7 +6,9 @@ The tests are the standard library's, unchanged: Debian ships CPython's test pac
 (ExecutorTest, WaitTests, AsCompletedTests, ExecutorShutdownTest, InitializerMixin,
 FailingInitializerMixin) with a BatchExecutor mixin, exactly as CPython's own
 ``create_executor_tests`` combines them with ThreadPoolExecutor and ProcessPoolExecutor.
-pytest collects the resulting unittest classes.
+pytest collects the resulting unittest classes. ProcessPoolExecutorTest's own extra tests run
+too where they apply (BatchExecutor is the process pool's remote twin); the rest are listed,
+skipped, with the reason.
 
 What is adapted, and why:
 - Workers import the test functions by reference, as ProcessPoolExecutor's do: the file is
@@ -272,3 +274,89 @@ class BatchExecutorFailingInitializerTest(cft.FailingInitializerMixin, BatchExec
     )
     def test_initializer(self):
         super().test_initializer()
+
+
+class BatchExecutorProcessPoolExecutorTest(BatchExecutorMixin, cft.BaseTestCase):
+    """ProcessPoolExecutorTest's own tests (beyond ExecutorTest, which runs above): BatchExecutor
+    is the process pool's remote twin, so those that apply run; the others are listed, skipped,
+    with the reason. (ThreadPoolExecutorTest's extras inspect its threads: none apply.)"""
+
+    test_map_chunksize = cft.ProcessPoolExecutorTest.test_map_chunksize
+
+    @classmethod
+    def _test_traceback(cls):
+        raise RuntimeError(123) # some comment  # noqa: E261, E262 (the line the test looks for)
+
+    @_bug(
+        "the remote traceback of this task has no source line: the bound classmethod "
+        "self._test_traceback of an importable class travels by value (cloudpickle pickles "
+        "its function by value because getattr(cls, name) is the bound method, not the "
+        "function), where pickle (ProcessPoolExecutor) sends getattr(cls, name) by reference; "
+        "and cloudpickle 3.1 replaces a by-value function's co_filename with '<dynamic-code>', "
+        "so every by-value function (lambdas, closures, notebook code) loses its file and "
+        "source lines in remote tracebacks ('File \"<dynamic-code>\", line N, in "
+        "_test_traceback' and no source). Fix in batchexec.serialization: reduce methods of "
+        "importable classes by reference, and keep co_filename in by-value code"
+    )
+    def test_traceback(self):
+        # CPython's test_traceback, except that the cause is batchexec's RemoteTraceback, not
+        # the process pool's private concurrent.futures.process._RemoteTraceback class.
+        future = self.executor.submit(self._test_traceback)
+        with self.assertRaises(Exception) as cm:
+            future.result()
+
+        exc = cm.exception
+        self.assertIs(type(exc), RuntimeError)
+        self.assertEqual(exc.args, (123,))
+        cause = exc.__cause__
+        self.assertIsInstance(cause, Exception)
+        self.assertIn("raise RuntimeError(123) # some comment", cause.tb)
+
+        from test import support
+
+        with support.captured_stderr() as f1:
+            try:
+                raise exc
+            except RuntimeError:
+                sys.excepthook(*sys.exc_info())
+        self.assertIn("raise RuntimeError(123) # some comment", f1.getvalue())
+
+    @_cannot_apply("it terminates one of executor._processes, the pool's local child "
+                   "processes; a worker that dies is covered by tests/test_executor_failures.py")
+    def test_killed_child(self):
+        pass
+
+    @_cannot_apply("it needs a multiprocessing Manager reachable from the workers "
+                   "(mp_context, authkey of this process)")
+    def test_ressources_gced_in_workers(self):
+        pass
+
+    @_cannot_apply("it counts executor._processes and blocks tasks on a multiprocessing "
+                   "Semaphore shared with local children")
+    def test_saturation(self):
+        pass
+
+    @_cannot_apply("idle-process reuse is counted through executor._processes; BatchExecutor "
+                   "starts all max_workers jobs at once")
+    def test_idle_process_reuse_one(self):
+        pass
+
+    @_cannot_apply("idle-process reuse is counted through executor._processes")
+    def test_idle_process_reuse_multiple(self):
+        pass
+
+    @_cannot_apply("max_tasks_per_child and mp_context are ProcessPoolExecutor options")
+    def test_max_tasks_per_child(self):
+        pass
+
+    @_cannot_apply("max_tasks_per_child and mp_context are ProcessPoolExecutor options")
+    def test_max_tasks_per_child_defaults_to_spawn_context(self):
+        pass
+
+    @_cannot_apply("max_tasks_per_child and mp_context are ProcessPoolExecutor options")
+    def test_max_tasks_early_shutdown(self):
+        pass
+
+    @_cannot_apply("Windows-only process limit of ProcessPoolExecutor")
+    def test_max_workers_too_large(self):
+        pass
