@@ -10,7 +10,9 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need_apt=()
-for pkg in gdal-bin libgdal-dev python3-venv python3-dev gcc g++; do
+# libpython3.11-testsuite: CPython's own concurrent.futures tests, which
+# tests/test_cpython_futures.py runs against BatchExecutor.
+for pkg in gdal-bin libgdal-dev python3-venv python3-dev gcc g++ libpython3.11-testsuite; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
