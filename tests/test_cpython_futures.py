@@ -18,9 +18,8 @@ What is adapted, and why:
 - The three tests that run a fresh interpreter (``from concurrent.futures import
   {executor_type}``) are rewritten equivalently for BatchExecutor: the child reaches the shared
   emulator through AWS_ENDPOINT_URL / BATCHEXEC_STACK and imports the same test module.
-- Tests that cannot apply by nature are skipped with the reason; tests that fail because of
-  batchexec are marked xfail with a reason starting "batchexec bug:" (strict: a fix shows up
-  as XPASS, and the mark must then go).
+- Tests that cannot apply by nature are skipped with the reason. Every other test must pass:
+  none is marked as an expected failure.
 """
 
 from __future__ import annotations
@@ -112,10 +111,6 @@ class BatchExecutorMixin(cft.ExecutorMixin):
     worker_count = 2
 
 
-def _bug(reason: str):
-    return pytest.mark.xfail(reason="batchexec bug: " + reason, strict=True)
-
-
 def _cannot_apply(reason: str):
     return unittest.skip("cannot apply to BatchExecutor: " + reason)
 
@@ -139,12 +134,6 @@ def _run_client_script(script: str):
     )
 
 
-_NOT_REPLAYED = _bug(
-    "what a task prints is not replayed on the client's stdout (the client has no "
-    "batchexec.output.OutputPrinter and this worker sends no output messages; the worker "
-    "rewrite brings both). The task itself does run to completion before exit: see the "
-    "*_runs_to_completion companion tests"
-)
 
 # A task defined in the child's `-c` program (so it travels by value) that leaves a file
 # once it has slept: the child's exit must wait for it, whatever happens to its output.
@@ -197,7 +186,6 @@ class BatchExecutorShutdownTest(BatchExecutorMixin, cft.ExecutorShutdownTest, cf
         self.assertFalse(err)
         self._assert_marker(marker)
 
-    @_NOT_REPLAYED
     def test_interpreter_shutdown(self):
         # CPython's test, with BatchExecutor for {executor_type}: the atexit hook waits for
         # the running task, whose output is replayed on the client's stdout (prefixed with
@@ -230,7 +218,6 @@ class BatchExecutorShutdownTest(BatchExecutorMixin, cft.ExecutorShutdownTest, cf
         self.assertIn("RuntimeError: cannot schedule new futures", err.decode())
         self.assertEqual(out.strip(), b"runtime-error")
 
-    @_NOT_REPLAYED
     def test_hang_gh83386(self):
         """shutdown(wait=False) doesn't hang at exit with running futures."""
         rc, out, err = _run_client_script(f"""if True:
@@ -266,12 +253,6 @@ class BatchExecutorInitializerTest(cft.InitializerMixin, BatchExecutorMixin, cft
 
 class BatchExecutorFailingInitializerTest(cft.FailingInitializerMixin, BatchExecutorMixin,
                                           cft.BaseTestCase):
-    @_bug(
-        "an initializer's failure is logged at CRITICAL on the 'batchexec.collector' logger; "
-        "ThreadPoolExecutor and ProcessPoolExecutor log it ('Exception in initializer:', with "
-        "the traceback) on 'concurrent.futures', which this test watches. Breaking works: the "
-        "future fails with BrokenExecutor, _broken is set and submit() raises"
-    )
     def test_initializer(self):
         super().test_initializer()
 
@@ -287,17 +268,6 @@ class BatchExecutorProcessPoolExecutorTest(BatchExecutorMixin, cft.BaseTestCase)
     def _test_traceback(cls):
         raise RuntimeError(123) # some comment  # noqa: E261, E262 (the line the test looks for)
 
-    @_bug(
-        "the remote traceback of this task has no source line: the bound classmethod "
-        "self._test_traceback of an importable class travels by value (cloudpickle pickles "
-        "its function by value because getattr(cls, name) is the bound method, not the "
-        "function), where pickle (ProcessPoolExecutor) sends getattr(cls, name) by reference; "
-        "and cloudpickle 3.1 replaces a by-value function's co_filename with '<dynamic-code>', "
-        "so every by-value function (lambdas, closures, notebook code) loses its file and "
-        "source lines in remote tracebacks ('File \"<dynamic-code>\", line N, in "
-        "_test_traceback' and no source). Fix in batchexec.serialization: reduce methods of "
-        "importable classes by reference, and keep co_filename in by-value code"
-    )
     def test_traceback(self):
         # CPython's test_traceback, except that the cause is batchexec's RemoteTraceback, not
         # the process pool's private concurrent.futures.process._RemoteTraceback class.
