@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from queue import Empty, SimpleQueue
 
 import botocore.exceptions
 
@@ -108,20 +109,14 @@ class ResultCollector(QueuePoller):
         self.dead_letters = dead_letters
         self.printer = printer or OutputPrinter()
         self._garbage: list[str] = []  # S3 payloads to delete after this batch
+        self.janitor = Janitor(queue, store, on_broken)
 
     def handle(self, received: list[Received]) -> None:
         for message in received:
             self._handle(message)
-        try:
-            self.queue.delete(m.receipt for m in received)
-        except TransportError as exc:  # they will be seen again and ignored as duplicates
-            log.warning("deleting result messages failed: %s", exc)
-        if self._garbage:
-            keys, self._garbage = self._garbage, []
-            try:
-                self.store.delete(keys)
-            except TransportError as exc:  # the session's prefix is removed at shutdown
-                log.warning("%s", exc)
+        # Deleting is off the critical path: the next poll starts at once.
+        self.janitor.discard([m.receipt for m in received], self._garbage)
+        self._garbage = []
 
     def _handle(self, message: Received) -> None:
         if not message.authentic:
@@ -211,6 +206,48 @@ class ResultCollector(QueuePoller):
             settle(record.future, result=value)
         else:
             settle(record.future, error=value.rebuild())
+
+
+class Janitor(ServiceThread):
+    """Deletes what the collector is done with (result messages, S3 payloads) in the
+    background, coalescing batches: a delete on the collector's own path would add a request's
+    time to the round trip of the next result. A failed delete is harmless (a result message
+    seen again is a duplicate, ignored; payloads go with the session's prefix at shutdown)."""
+
+    def __init__(self, queue: MessageQueue, store: PayloadStore, on_broken: BreakHandler):
+        super().__init__("batchexec-janitor", on_broken)
+        self.queue = queue
+        self.store = store
+        self._work: SimpleQueue = SimpleQueue()
+
+    def discard(self, receipts: list[str], keys: list[str]) -> None:
+        if receipts or keys:
+            self._work.put((receipts, keys))
+
+    def stop(self) -> None:
+        self._work.put(None)
+
+    def serve(self) -> None:
+        while True:
+            item = self._work.get()
+            receipts, keys, stopping = [], [], item is None
+            while item is not None:
+                receipts += item[0]
+                keys += item[1]
+                try:
+                    item = self._work.get_nowait()
+                except Empty:
+                    break
+                stopping = stopping or item is None
+            try:
+                if receipts:
+                    self.queue.delete(receipts)
+                if keys:
+                    self.store.delete(keys)
+            except TransportError as exc:
+                log.debug("cleaning up after results failed (harmless): %s", exc)
+            if stopping:
+                return
 
 
 class DeadLetterWatcher(ServiceThread):

@@ -207,11 +207,14 @@ class BatchExecutor(Executor):
             start_timeout=self._options.start_timeout,
             failure_budget=self._workers * self._options.max_attempts + 1,
         )
+        collector = ResultCollector(self._table, session.results, session.store, session.id,
+                                    self._set_broken, dead_letters=session.dead_letters)
+        self._janitor = collector.janitor
         self._threads = [
             TaskDispatcher(self._table, session.tasks, session.store, session.id,
                            self._options.inline_limit, self._set_broken),
-            ResultCollector(self._table, session.results, session.store, session.id,
-                            self._set_broken, dead_letters=session.dead_letters),
+            collector,
+            self._janitor,
             self._watcher,
             self._monitor,
         ]
@@ -448,6 +451,10 @@ class BatchExecutor(Executor):
         self._table.close()
         self._monitor.stop()
         self._watcher.stop()
+        collector = self._threads[1]
+        if collector is not threading.current_thread():
+            collector.join(timeout)  # its last deletes reach the janitor before it stops
+        self._janitor.stop()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)

@@ -143,8 +143,9 @@ class Pickler(cloudpickle.Pickler):
     def __init__(self, file, *, main_by_reference: bool, extract_blobs: bool):
         super().__init__(file, protocol=PICKLE_PROTOCOL)
         self.main_by_reference = main_by_reference
-        self.extract_blobs = extract_blobs
         self.blobs: dict[str, bytes] = {}
+        if extract_blobs:  # a Python call per object: only when asked for
+            self.persistent_id = self._blob_id
 
     def reducer_override(self, obj):
         if isinstance(obj, types.CodeType):
@@ -191,9 +192,7 @@ class Pickler(cloudpickle.Pickler):
                     else _cp._function_setstate)
         return (_cp._make_function, newargs, state, None, None, setstate)
 
-    def persistent_id(self, obj):
-        if not self.extract_blobs:
-            return None
+    def _blob_id(self, obj):
         t = type(obj)
         if t is bytes or t is bytearray:
             size = len(obj)
@@ -230,7 +229,19 @@ class _NamespaceRef:
 
 def dumps(obj, what: str, *, blobs: dict[str, bytes] | None = None) -> bytes:
     """Pickle ``obj`` by batchexec's rules; ``what`` names it in errors ("arguments of task
-    3"). With ``blobs`` given, large buffers are pickled apart into it (digest -> bytes)."""
+    3"). With ``blobs`` given, large buffers are pickled apart into it (digest -> bytes).
+
+    Buffers are looked for only when the whole pickle is large enough to hold one: the
+    per-object hook costs a Python call per object, which small payloads (most tasks, and
+    dask's many tiny ones) should not pay.
+    """
+    data = _dump(obj, what, None)
+    if blobs is not None and len(data) >= BLOB_THRESHOLD:
+        data = _dump(obj, what, blobs)
+    return data
+
+
+def _dump(obj, what: str, blobs: dict[str, bytes] | None) -> bytes:
     buf = io.BytesIO()
     pickler = Pickler(buf, main_by_reference=main_script_path() is not None,
                       extract_blobs=blobs is not None)
