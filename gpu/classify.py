@@ -33,6 +33,9 @@ _CTYPES = {np.dtype(np.uint8): "uchar", np.dtype(np.int8): "char",
 
 log = logging.getLogger("gpu")
 
+#: Pixels per work-item of the labelling kernel (its VW: explicit float8 arithmetic).
+PIXELS_PER_WORK_ITEM = 8
+
 # Centroids live in __constant memory, whose guaranteed minimum size is 64 KiB.
 MAX_CENTROID_VALUES = 16384
 
@@ -98,47 +101,67 @@ def nearest_centroid(pixels, centroids, *, nodata=None, refine=True,
     labels = buffers.empty_aligned((rows, cols), np.int32)
     if labels.size == 0:
         return labels
+    npix = rows * cols
     nd = float(np.float32(nodata)) if nodata is not None else 0.0
     cen64 = np.ascontiguousarray(cen, dtype=np.float64)
     if device_fp64 is None:
         device_fp64 = device_has_fp64()
-    mode = 0
-    if refine:
-        mode = 1 if device_fp64 and original.dtype not in _WIDE else 2
-        if mode == 2 and not device_fp64 and not _warned_no_fp64:
-            _warned_no_fp64 = True
-            log.info("OpenCL device has no fp64: near-tie labels are re-decided on the host")
+    on_device = bool(refine and device_fp64 and original.dtype not in _WIDE)
+    if refine and not device_fp64 and not _warned_no_fp64:
+        _warned_no_fp64 = True
+        log.info("OpenCL device has no fp64: near-tie labels are re-decided on the host")
     options = (f"-DSRC_T={_CTYPES[pix.dtype]}", f"-DNBANDS={bands}",
                f"-DNCLUSTERS={cen.shape[0]}", f"-DHAS_NODATA={int(nodata is not None)}",
                f"-DNODATA_IS_NAN={int(nodata is not None and math.isnan(nd))}",
-               f"-DREFINE={mode}")
+               f"-DMARK_TIES={int(bool(refine))}") + (("-DREFINE_FP64",) if on_device else ())
     st = device.state()
     prg = device.program("classify.cl", options)
     mf = cl.mem_flags
     cen_buf = cl.Buffer(st.context, mf.READ_ONLY | mf.COPY_HOST_PTR,
                         hostbuf=np.ascontiguousarray(cen, dtype=np.float32))
-    cen64_buf = cl.Buffer(st.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=cen64)
     pix_buf = buffers.input_buffer(st, pix)
     out_buf = buffers.output_buffer(st, labels)
     cnorm = float(np.sqrt((cen64 ** 2).sum(axis=1)).max())
     kernel = cl.Kernel(prg, "nearest_centroid")
-    kernel.set_args(pix_buf, cen_buf, out_buf, np.int64(rows * cols), np.float32(nd),
-                    cen64_buf, np.float32(cnorm))
-    event = cl.enqueue_nd_range_kernel(st.queue, kernel, (rows * cols,), None)
+    kernel.set_args(pix_buf, cen_buf, out_buf, np.int64(npix), np.float32(nd),
+                    np.float32(cnorm))
+    blocks = -(-npix // PIXELS_PER_WORK_ITEM)
+    event = cl.enqueue_nd_range_kernel(st.queue, kernel, (blocks,), None)
     buffers.fetch(st, out_buf, labels, wait_for=[event])
-    for buf in (pix_buf, out_buf, cen_buf, cen64_buf):
-        buf.release()
-    if mode == 2:
-        _resolve_on_host(original, cen64, labels)
+    try:
+        if refine:
+            marked = np.flatnonzero(labels.reshape(-1) < 0)
+            if marked.size and on_device:
+                _refine_on_device(st, prg, pix_buf, cen64, labels, marked, npix)
+            elif marked.size:
+                _resolve_on_host(original, cen64, labels, marked)
+    finally:
+        for buf in (pix_buf, out_buf, cen_buf):
+            buf.release()
     return labels
 
 
-def _resolve_on_host(pixels: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> None:
-    """Re-decide the pixels the kernel marked (negative labels) in float64, in place."""
+def _refine_on_device(st, prg, pix_buf, cen64, labels, marked, npix) -> None:
+    """refine_labels over the marked pixels; their new labels are scattered back on the host."""
+    mf = cl.mem_flags
+    idx = np.ascontiguousarray(marked, dtype=np.int64)
+    out = np.empty(npix, np.int32)  # only the marked entries are written and read back
+    cen_buf = cl.Buffer(st.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=cen64)
+    idx_buf = cl.Buffer(st.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=idx)
+    out_buf = cl.Buffer(st.context, mf.READ_WRITE, size=out.nbytes)
+    kernel = cl.Kernel(prg, "refine_labels")
+    kernel.set_args(pix_buf, cen_buf, out_buf, idx_buf, np.int64(idx.size), np.int64(npix))
+    event = cl.enqueue_nd_range_kernel(st.queue, kernel, (idx.size,), None)
+    cl.enqueue_copy(st.queue, out, out_buf, wait_for=[event], is_blocking=True)
+    labels.reshape(-1)[idx] = out[idx]
+    for buf in (cen_buf, idx_buf, out_buf):
+        buf.release()
+
+
+def _resolve_on_host(pixels: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+                     marked: np.ndarray) -> None:
+    """Re-decide the marked pixels in float64 from the original values, in place."""
     flat = labels.reshape(-1)
-    marked = np.flatnonzero(flat < 0)
-    if marked.size == 0:
-        return
     pts = pixels.reshape(pixels.shape[0], -1)[:, marked].T.astype(np.float64)
     d = ((pts[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
     flat[marked] = np.argmin(d, axis=1).astype(np.int32) + 1

@@ -317,8 +317,7 @@ class Stitcher:
         free IDs in ascending old-ID order; the rest (only in margins) 0 in the saved overlaps."""
         nold = int(data.max()) + 1
         lut = np.zeros(nold, np.uint32)
-        interior = np.zeros(nold, bool)
-        interior[np.unique(data[top:bottom, left:right])] = True
+        interior = _present(data[top:bottom, left:right], nold)
         interior[0] = False
         for old, new in recode.items():
             interior[old] = False
@@ -341,11 +340,12 @@ def _shared_segments(a: np.ndarray, b: np.ndarray, axis: int) -> dict[int, int]:
     mid = a.shape[axis] // 2
     before = a[:mid] if axis == 0 else a[:, :mid]
     after = a[mid:] if axis == 0 else a[:, mid:]
-    crossing = np.intersect1d(np.unique(before), np.unique(after))
-    crossing = crossing[crossing != 0]
-    if crossing.size == 0:
+    n = int(a.max()) + 1
+    crossing = _present(before, n) & _present(after, n)
+    crossing[0] = False
+    if not crossing.any():
         return {}
-    sel = np.isin(a, crossing) & (b != 0)
+    sel = crossing[a] & (b != 0)
     pairs = (a[sel].astype(np.uint64) << np.uint64(32)) | b[sel].astype(np.uint64)
     keys, counts = np.unique(pairs, return_counts=True)
     seg_a = (keys >> np.uint64(32)).astype(np.int64)
@@ -356,6 +356,11 @@ def _shared_segments(a: np.ndarray, b: np.ndarray, axis: int) -> dict[int, int]:
     first = np.ones(seg_a.size, bool)
     first[1:] = seg_a[1:] != seg_a[:-1]
     return dict(zip(seg_a[first].tolist(), seg_b[first].tolist()))
+
+
+def _present(ids: np.ndarray, n: int) -> np.ndarray:
+    """Boolean table over 0..n-1: which IDs occur in ids (a histogram, no sort)."""
+    return np.bincount(ids.reshape(-1), minlength=n).astype(bool)
 
 
 # -- client side: the run ----------------------------------------------------------------------
