@@ -384,8 +384,15 @@ class SegmentRunSummary:
     workers: set[str] = field(default_factory=set)
 
     @property
+    def segment_seconds(self) -> float:
+        """The run without the k-means fit: tiles and stitching (what a tiled job costs)."""
+        return self.seconds - self.fit_seconds
+
+    @property
     def mpixels_per_second(self) -> float:
-        return self.width * self.height / 1e6 / self.seconds if self.seconds else float("inf")
+        """Throughput of the segmentation itself (the k-means fit excluded)."""
+        s = self.segment_seconds
+        return self.width * self.height / 1e6 / s if s > 0 else float("inf")
 
 
 def segment_raster(executor: futures.Executor, src: str, dst: str, *, centres=None,
