@@ -256,7 +256,7 @@ def main(argv=None):
           f"min segment {args.min_segment_size}, tiles {args.tile_size}/{args.overlap}, "
           f"{args.workers} workers; device: {gpu.device_info()}")
     print(f"pyshepseg: {pss_note}")
-    print(f"| run | median s | Mpixel/s | segments | x pyshepseg tiled |")
+    print("| run | median s | Mpixel/s | segments | x pyshepseg tiled |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         x = f"{r['x_pyshepseg_tiled']:.2f}x" if r["x_pyshepseg_tiled"] else "-"
@@ -264,7 +264,7 @@ def main(argv=None):
               f"{r['segments']} | {x} |")
     for kind, a in agree.items():
         print(f"agreement ({kind} vs pyshepseg tiled): {a}")
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs",
             "load_average": os.getloadavg(), "device": gpu.device_info(),
             "pyshepseg": pss_note, "args": vars(args)}

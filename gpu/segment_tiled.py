@@ -48,8 +48,15 @@ import numpy as np
 from osgeo import gdal
 
 from gpu import gdal_io
-from gpu.segmentation import (DEFAULT_KMEANS_STARTS, DEFAULT_SAMPLE_SIZE, SegmentInputError,
-                         _check_centres, _merge_limit, fit_centres, null_mask)
+from gpu.segmentation import (
+    DEFAULT_KMEANS_STARTS,
+    DEFAULT_SAMPLE_SIZE,
+    SegmentInputError,
+    _check_centres,
+    _merge_limit,
+    fit_centres,
+    null_mask,
+)
 from gpu.tiling import Window
 
 gdal.UseExceptions()
@@ -319,7 +326,7 @@ class Stitcher:
         lut = np.zeros(nold, np.uint32)
         interior = _present(data[top:bottom, left:right], nold)
         interior[0] = False
-        for old, new in recode.items():
+        for old in recode:
             interior[old] = False
         fresh = np.flatnonzero(interior)
         lut[fresh] = np.arange(self.max_id + 1, self.max_id + 1 + fresh.size, dtype=np.uint32)
@@ -355,7 +362,7 @@ def _shared_segments(a: np.ndarray, b: np.ndarray, axis: int) -> dict[int, int]:
     seg_a, seg_b = seg_a[order], seg_b[order]
     first = np.ones(seg_a.size, bool)
     first[1:] = seg_a[1:] != seg_a[:-1]
-    return dict(zip(seg_a[first].tolist(), seg_b[first].tolist()))
+    return dict(zip(seg_a[first].tolist(), seg_b[first].tolist(), strict=True))
 
 
 def _present(ids: np.ndarray, n: int) -> np.ndarray:

@@ -186,6 +186,50 @@ def clump(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return out, int(count[0])
 
 
+# -- segment statistics ------------------------------------------------------------------------
+
+_INT_CTYPES = {np.dtype(np.uint8): "uchar", np.dtype(np.int8): "char",
+               np.dtype(np.uint16): "ushort", np.dtype(np.int16): "short",
+               np.dtype(np.uint32): "uint", np.dtype(np.int32): "int"}
+
+
+def segment_stats(image: np.ndarray, seg: np.ndarray, nseg: int):
+    """(sizes int64 (nseg,), spectral sums float64 (nseg, bands)) of segments 0..nseg-1.
+
+    Integer images: the segment_stats OpenCL kernel (exact integer sums, one pass); float
+    images, or devices without 64-bit atomics: numpy bincount. Index 0 (null) is not used.
+    """
+    flat = seg.reshape(-1)
+    st = device.state()
+    if (image.dtype in _INT_CTYPES and flat.size
+            and "cl_khr_int64_base_atomics" in st.device.extensions):
+        rows, cols = seg.shape
+        prg = device.program("segment_stats.cl", (f"-DSRC_T={_INT_CTYPES[image.dtype]}",
+                                                  f"-DNBANDS={image.shape[0]}"))
+        mf = cl.mem_flags
+        sizes = np.zeros(nseg, np.uint32)
+        sums = np.zeros((nseg, image.shape[0]), np.int64)
+        img = np.ascontiguousarray(image)
+        seg_buf = buffers.input_buffer(st, np.ascontiguousarray(seg))
+        pix_buf = buffers.input_buffer(st, img)
+        size_buf = cl.Buffer(st.context, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=sizes)
+        sum_buf = cl.Buffer(st.context, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=sums)
+        kernel = cl.Kernel(prg, "segment_stats")
+        kernel.set_args(seg_buf, pix_buf, size_buf, sum_buf, np.int32(rows), np.int32(cols))
+        event = cl.enqueue_nd_range_kernel(st.queue, kernel, (rows,), None)
+        cl.enqueue_copy(st.queue, sizes, size_buf, wait_for=[event])
+        cl.enqueue_copy(st.queue, sums, sum_buf, wait_for=[event], is_blocking=True)
+        for buf in (seg_buf, pix_buf, size_buf, sum_buf):
+            buf.release()
+        sizes = sizes.astype(np.int64)
+        sizes[0] = 0  # not counted here; never used (null is no merge source or target)
+        return sizes, sums.astype(np.float64)
+    sizes = np.bincount(flat, minlength=nseg).astype(np.int64)
+    sums = np.stack([np.bincount(flat, weights=b.reshape(-1), minlength=nseg)
+                     for b in image]).T.copy()
+    return sizes, sums
+
+
 # -- neighbours --------------------------------------------------------------------------------
 
 def _neighbours(pix: np.ndarray, rows: int, cols: int):
@@ -339,9 +383,7 @@ def eliminate_small_segments(image: np.ndarray, seg: np.ndarray, min_size: int,
     rows, cols = seg.shape
     flat = seg.reshape(-1)
     nseg = int(flat.max()) + 1 if flat.size else 1
-    size = np.bincount(flat, minlength=nseg).astype(np.int64)
-    sums = np.stack([np.bincount(flat, weights=b.reshape(-1), minlength=nseg)
-                     for b in image]).T.copy()  # (nseg, bands) float64
+    size, sums = segment_stats(image, seg, nseg)  # (nseg,), (nseg, bands) float64
     limit = np.float32(max_spectral_diff) ** 2 if math.isfinite(max_spectral_diff) else np.inf
     lists = _SegmentPixels(flat, size, min_size)
     merged = 0

@@ -178,3 +178,19 @@ def test_bad_inputs_say_what_to_do(image, kwargs, match):
     with pytest.raises(SegmentInputError, match=match):
         gpu.segment(image, **kwargs)
     assert issubclass(SegmentInputError, ValueError)
+
+
+def test_segment_stats_kernel_equals_bincount():
+    rng = np.random.default_rng(9)
+    seg = rng.integers(0, 50, (97, 131)).astype(np.uint32)
+    seg[:, 40:60] = 7  # long runs as well as short ones
+    img = rng.integers(-3000, 3000, (4, 97, 131)).astype(np.int16)
+    sizes, sums = seg_mod.segment_stats(img, seg, 50)
+    flat = seg.ravel()
+    np.testing.assert_array_equal(sizes[1:], np.bincount(flat, minlength=50)[1:])
+    for b in range(4):
+        np.testing.assert_array_equal(
+            sums[1:, b], np.bincount(flat, weights=img[b].ravel(), minlength=50)[1:])
+    fsizes, fsums = seg_mod.segment_stats(img.astype(np.float32), seg, 50)  # host path
+    np.testing.assert_array_equal(fsizes[1:], sizes[1:])
+    np.testing.assert_allclose(fsums[1:], sums[1:])

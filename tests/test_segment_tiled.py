@@ -18,8 +18,12 @@ metrics = pytest.importorskip("sklearn.metrics")
 
 import gpu  # noqa: E402
 from gpu.segment_sample import SAMPLE_NODATA, sample_image  # noqa: E402
-from gpu.segment_tiled import (SegmentTileFailedError, _shared_segments,  # noqa: E402
-                               segment_raster, segmentation_tiles)
+from gpu.segment_tiled import (  # noqa: E402
+    SegmentTileFailedError,
+    _shared_segments,
+    segment_raster,
+    segmentation_tiles,
+)
 from gpu.segmentation import SegmentInputError  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pyshepseg"
