@@ -99,9 +99,9 @@ def write_preview(segments_tif: str, png: str, size: int = PREVIEW_SIZE) -> str:
 
 # -- executors -----------------------------------------------------------------------------------
 
-def open_executor(args, bands: int, clusters: int):
+def open_executor(args, bands: int, clusters: int, dtype: str):
     """The executor; each worker builds its OpenCL programs as it starts (warm_up)."""
-    init = dict(initializer=warm_up, initargs=(bands, clusters))
+    init = dict(initializer=warm_up, initargs=(bands, clusters, dtype))
     if args.executor == "process":
         # spawn: a child forked from a process that already used OpenCL cannot use it
         return ProcessPoolExecutor(args.workers or os.cpu_count(),
@@ -111,10 +111,14 @@ def open_executor(args, bands: int, clusters: int):
     return BatchExecutor(args.workers, **init)
 
 
-def raster_bands(path: str) -> int:
+def raster_bands(path: str) -> tuple[int, str]:
+    """Band count and the numpy name of the first band's pixel type."""
+    from osgeo import gdal_array
+
     ds = gdal.Open(path)
     try:
-        return ds.RasterCount
+        code = ds.GetRasterBand(1).DataType
+        return ds.RasterCount, np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(code)).name
     finally:
         ds = None
 
@@ -132,13 +136,13 @@ def main(argv=None) -> dict:
     centres = None
     if args.centres:
         centres = np.load(args.centres)
-    bands = raster_bands(src)
+    bands, dtype = raster_bands(src)
     clusters = centres.shape[0] if centres is not None else args.clusters
     report = {"input": src, "output": args.output, "executor": args.executor,
               "tile_size": args.tile_size, "overlap": args.overlap}
     with ExitStack() as stack:
         t0 = time.perf_counter()
-        ex = stack.enter_context(open_executor(args, bands, clusters))
+        ex = stack.enter_context(open_executor(args, bands, clusters, dtype))
         # One small task first: it names the device the workers use, and takes worker start
         # (on Batch: job launch) out of the segmentation's timing.
         report["device"] = ex.submit(gpu.device_info).result()

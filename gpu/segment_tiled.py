@@ -200,18 +200,21 @@ def segment_tile(task: SegmentTileTask) -> SegmentTileResult:
                              timings, f"{socket.gethostname()}:{os.getpid()}")
 
 
-def warm_up(bands: int, clusters: int = 60) -> None:
+def warm_up(bands: int, clusters: int = 60, dtype="uint16") -> None:
     """Build this run's OpenCL programs on a tiny image: an executor initializer.
 
-    As `initializer=warm_up, initargs=(bands, clusters)` the program builds (about a second on
-    PoCL) happen when a worker starts instead of inside its first tile's timing.
+    As `initializer=warm_up, initargs=(bands, clusters, dtype)` (dtype: the raster's pixel
+    type as numpy names it) the program builds (about a second on PoCL without a warm
+    build cache) happen when a worker starts instead of inside its first tile's timing.
     """
     from gpu.segmentation import segment_with_centres
 
-    img = np.arange(bands * 16, dtype=np.uint16).reshape(bands, 4, 4)
-    centres = np.linspace(0, 64, clusters * bands).reshape(clusters, bands)
-    for dtype in (np.uint8, np.uint16, np.int16, np.float32):
-        segment_with_centres(img.astype(dtype), centres, nodata=None, min_segment_size=2,
+    dtype = np.dtype(dtype)
+    img = (np.arange(bands * 64) % 7).reshape(bands, 8, 8).astype(dtype)
+    centres = np.linspace(0, 6, clusters * bands).reshape(clusters, bands)
+    # the labelling program differs with and without nodata (and for a NaN nodata)
+    for nodata in (None, 99) + ((float("nan"),) if dtype.kind == "f" else ()):
+        segment_with_centres(img, centres, nodata=nodata, min_segment_size=2,
                              max_spectral_diff=float("inf"))
 
 

@@ -33,8 +33,9 @@ def run_example(tmp_path, *args):
     return proc.stdout, json.loads(report.read_text())
 
 
-def test_example_on_a_process_pool_then_with_saved_centres(tmp_path):
-    stdout, report = run_example(tmp_path, "--executor", "process", "--output", "a/seg.tif")
+def test_example_on_the_default_batch_executor_then_a_process_pool(tmp_path, clean_env):
+    stdout, report = run_example(tmp_path, "--output", "a/seg.tif")  # BatchExecutor()
+    assert report["executor"] == "batch"
     assert "segments;" in stdout and "Mpixel/s" in stdout and "eliminate" in stdout
     assert report["tiles"] == 4 and report["segments"] > 10
     seg = gdal.Open(str(tmp_path / "a" / "seg.tif")).ReadAsArray()
@@ -46,7 +47,7 @@ def test_example_on_a_process_pool_then_with_saved_centres(tmp_path):
     centres = report["centres_saved"]
     assert np.load(tmp_path / centres).shape == (8, 3)
 
-    # the same run with the saved centres (no fit) gives the same segments
+    # a process pool with the saved centres (no fit) gives the same segments
     stdout, again = run_example(tmp_path, "--executor", "process", "--output", "b/seg.tif",
                                 "--centres", centres, "--input",
                                 str(tmp_path / "a" / "grace_hopper_256.tif"),

@@ -185,3 +185,27 @@ def test_a_failing_tile_leaves_no_output(small_tif, tmp_path):
         gdal.Unlink(src)
     assert info.value.__cause__ is not None
     assert os.listdir(tmp_path) == []
+
+
+def test_warm_up_builds_what_a_tile_needs():
+    """As an initializer, warm_up leaves nothing to build for the tiles (fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from gpu import device\n"
+        "from gpu.segment_tiled import warm_up\n"
+        "from gpu.segmentation import segment_with_centres\n"
+        "warm_up(3, 12, 'uint16')\n"
+        "n = device.build_count()\n"
+        "img = np.random.default_rng(0).integers(0, 999, (3, 64, 64)).astype(np.uint16)\n"
+        "c = np.random.default_rng(1).uniform(0, 999, (12, 3))\n"
+        "segment_with_centres(img, c, nodata=0, min_segment_size=5, max_spectral_diff=50.0)\n"
+        "segment_with_centres(img, c, nodata=None, min_segment_size=5, max_spectral_diff=50.)\n"
+        "assert device.build_count() == n, (device.build_count(), n)\n"
+        "print('ok')\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
