@@ -35,6 +35,17 @@ log = logging.getLogger("gpu")
 
 #: Pixels per work-item of the labelling kernel (its VW: explicit float8 arithmetic).
 PIXELS_PER_WORK_ITEM = 8
+#: Explicit work-group size of the 1-D kernels. Fixed rather than left to the runtime because
+#: PoCL compiles machine code per work-group size at the first launch: with the runtime's
+#: choice (which depends on the range) a warm-up on a tiny image built one variant and the
+#: first real tile another (seconds on a loaded 2-core machine).
+WORK_GROUP = 64
+
+
+def launch_1d(queue, kernel, items: int, wait_for=None):
+    """Enqueue kernel over `items` work-items (rounded up to WORK_GROUP; kernels guard)."""
+    size = -(-max(items, 1) // WORK_GROUP) * WORK_GROUP
+    return cl.enqueue_nd_range_kernel(queue, kernel, (size,), (WORK_GROUP,), wait_for=wait_for)
 
 # Centroids live in __constant memory, whose guaranteed minimum size is 64 KiB.
 MAX_CENTROID_VALUES = 16384
@@ -125,8 +136,7 @@ def nearest_centroid(pixels, centroids, *, nodata=None, refine=True,
     kernel = cl.Kernel(prg, "nearest_centroid")
     kernel.set_args(pix_buf, cen_buf, out_buf, np.int64(npix), np.float32(nd),
                     np.float32(cnorm))
-    blocks = -(-npix // PIXELS_PER_WORK_ITEM)
-    event = cl.enqueue_nd_range_kernel(st.queue, kernel, (blocks,), None)
+    event = launch_1d(st.queue, kernel, -(-npix // PIXELS_PER_WORK_ITEM))
     buffers.fetch(st, out_buf, labels, wait_for=[event])
     try:
         if refine:
@@ -151,7 +161,7 @@ def _refine_on_device(st, prg, pix_buf, cen64, labels, marked, npix) -> None:
     out_buf = cl.Buffer(st.context, mf.READ_WRITE, size=out.nbytes)
     kernel = cl.Kernel(prg, "refine_labels")
     kernel.set_args(pix_buf, cen_buf, out_buf, idx_buf, np.int64(idx.size), np.int64(npix))
-    event = cl.enqueue_nd_range_kernel(st.queue, kernel, (idx.size,), None)
+    event = launch_1d(st.queue, kernel, idx.size)
     cl.enqueue_copy(st.queue, out, out_buf, wait_for=[event], is_blocking=True)
     labels.reshape(-1)[idx] = out[idx]
     for buf in (cen_buf, idx_buf, out_buf):

@@ -40,7 +40,7 @@ import numpy as np
 import pyopencl as cl
 
 from gpu import buffers, device
-from gpu.classify import ClassifyInputError, nearest_centroid
+from gpu.classify import ClassifyInputError, launch_1d, nearest_centroid
 
 #: pyshepseg's clump cap (shepseg.clump's MAX_CLUMP_SIZE): large uniform regions are cut into
 #: clumps of about this many pixels, which keeps the later merging steps cheap.
@@ -216,7 +216,7 @@ def segment_stats(image: np.ndarray, seg: np.ndarray, nseg: int):
         sum_buf = cl.Buffer(st.context, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=sums)
         kernel = cl.Kernel(prg, "segment_stats")
         kernel.set_args(seg_buf, pix_buf, size_buf, sum_buf, np.int32(rows), np.int32(cols))
-        event = cl.enqueue_nd_range_kernel(st.queue, kernel, (rows,), None)
+        event = launch_1d(st.queue, kernel, rows)
         cl.enqueue_copy(st.queue, sizes, size_buf, wait_for=[event])
         cl.enqueue_copy(st.queue, sums, sum_buf, wait_for=[event], is_blocking=True)
         for buf in (seg_buf, pix_buf, size_buf, sum_buf):
