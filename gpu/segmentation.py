@@ -32,15 +32,21 @@ Deliberate differences from pyshepseg (measured in docs/segmentation.md):
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyopencl as cl
 
 from gpu import buffers, device
 from gpu.classify import ClassifyInputError, launch_1d, nearest_centroid
+
+log = logging.getLogger("gpu")
 
 #: pyshepseg's clump cap (shepseg.clump's MAX_CLUMP_SIZE): large uniform regions are cut into
 #: clumps of about this many pixels, which keeps the later merging steps cheap.
@@ -155,7 +161,65 @@ def auto_max_spectral_diff(centres: np.ndarray, percentile: float = 50) -> float
 
 # -- clumping ----------------------------------------------------------------------------------
 
-def clump(labels: np.ndarray) -> tuple[np.ndarray, int]:
+#: Where the sequential clump search runs when the main device is a GPU: "cpu" (default) a
+#: CPU OpenCL device if one exists (PoCL comes with the gpu extra), "main" the GPU itself.
+ENV_CLUMP_DEVICE = "BATCHEXEC_CLUMP_DEVICE"
+
+_clump_lock = threading.Lock()
+_clump_state: device.DeviceState | None = None
+
+
+def clump_device(separate_cpu_context: bool = False) -> device.DeviceState:
+    """The device the clump search runs on.
+
+    The search is one work-item (see segment_clump.cl): compiled C on a CPU device, but a
+    single GPU thread would be one to two orders of magnitude slower. So with a GPU as the main
+    device it runs on a CPU OpenCL device in a context of its own, created once per process,
+    unless BATCHEXEC_CLUMP_DEVICE=main or no CPU device exists (then, logged, the GPU).
+    separate_cpu_context forces the second context on a CPU machine too (tests).
+    """
+    global _clump_state
+    st = device.state()
+    if (st.is_cpu and not separate_cpu_context) or os.environ.get(ENV_CLUMP_DEVICE) == "main":
+        return st
+    current = _clump_state
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _clump_lock:
+        if _clump_state is None or _clump_state.pid != os.getpid():
+            cpus = [d for p in cl.get_platforms() for d in _devices(p)
+                    if d.type & cl.device_type.CPU]
+            if not cpus:
+                log.warning("no CPU OpenCL device: the sequential clump search runs on %s "
+                            "as one work-item (slow on a GPU)", st.device.name)
+                return st
+            ctx = cl.Context([cpus[0]])
+            _clump_state = device.DeviceState(pid=os.getpid(), context=ctx,
+                                              queue=cl.CommandQueue(ctx), device=cpus[0],
+                                              cache_dir=st.cache_dir)
+        return _clump_state
+
+
+def _devices(platform):
+    try:
+        return platform.get_devices()
+    except cl.Error:
+        return []
+
+
+def _clump_program(st: device.DeviceState) -> cl.Program:
+    options = (f"-DMAX_CLUMP_SIZE={MAX_CLUMP_SIZE}",)
+    if st is device.state():
+        return device.program("segment_clump.cl", options)
+    key = ("segment_clump.cl", options)
+    if key not in st.programs:
+        source = (Path(device.__file__).parent / "segment_clump.cl").read_text()
+        st.programs[key] = cl.Program(st.context, source).build(options=list(options),
+                                                                cache_dir=st.cache_dir)
+    return st.programs[key]
+
+
+def clump(labels: np.ndarray, *, separate_cpu_context: bool = False) -> tuple[np.ndarray, int]:
     """Capped 4-connected clumps of equal labels, numbered in raster order (0 stays 0)."""
     rows, cols = labels.shape
     lab = np.ascontiguousarray(labels, dtype=np.int32)
@@ -165,8 +229,8 @@ def clump(labels: np.ndarray) -> tuple[np.ndarray, int]:
     if out.size >= 2 ** 32:
         raise SegmentInputError("an image tile must have fewer than 2**32 pixels")
     out.fill(0)
-    st = device.state()
-    prg = device.program("segment_clump.cl", (f"-DMAX_CLUMP_SIZE={MAX_CLUMP_SIZE}",))
+    st = clump_device(separate_cpu_context)
+    prg = _clump_program(st)
     mf = cl.mem_flags
     lab_buf = buffers.input_buffer(st, lab)
     if st.is_cpu:

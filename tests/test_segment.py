@@ -194,3 +194,11 @@ def test_segment_stats_kernel_equals_bincount():
     fsizes, fsums = seg_mod.segment_stats(img.astype(np.float32), seg, 50)  # host path
     np.testing.assert_array_equal(fsizes[1:], sizes[1:])
     np.testing.assert_allclose(fsums[1:], sums[1:])
+
+
+def test_clump_in_a_separate_cpu_context_is_the_same(hopper512_k6):
+    """The path GPU workers take (the sequential search on a CPU device of its own)."""
+    labels = hopper512_k6["labels"].astype(np.int32)
+    clumps, count = seg_mod.clump(labels, separate_cpu_context=True)
+    np.testing.assert_array_equal(clumps, hopper512_k6["clumps"])
+    assert seg_mod.clump_device(True) is not seg_mod.device.state()
