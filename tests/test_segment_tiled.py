@@ -209,3 +209,17 @@ def test_warm_up_builds_what_a_tile_needs():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": root})
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_tiles_that_are_all_nodata(small_tif, tmp_path):
+    img, _ = small_tif
+    img = img.copy()
+    img[:, :, :170] = SAMPLE_NODATA  # whole tiles of nothing but nulls
+    src = write_image(tmp_path / "half.tif", img)
+    with ThreadPoolExecutor(2) as ex:
+        s = segment_raster(ex, src, str(tmp_path / "half_seg.tif"), centres=np.eye(3) * 9000,
+                           tile_size=64, overlap=16, min_segment_size=10)
+    got = read(tmp_path / "half_seg.tif")
+    assert s.tiles > 4
+    np.testing.assert_array_equal(got == 0, (img == SAMPLE_NODATA).any(axis=0))
+    assert int(got.max()) == len(np.unique(got)) - 1 == s.segments
