@@ -24,9 +24,11 @@ What is timed, honestly:
 * ours, untiled: gpu.segment(img, centres=...) on the array, after a warm-up call.
 
 Runs alternate (pyshepseg, ours, pyshepseg, ours ...) so background load hits both; the table
-gives medians. Agreement of the tiled outputs is reported too (adjusted Rand index over the
-pixels pyshepseg kept valid; valid pixels pyshepseg wrote as null). Without pyshepseg (CI, or
-no --pyshepseg-python), its columns are left out and say why.
+gives medians, and the ratio pyshepseg / ours is also given per repeat (each pair ran within
+seconds of each other) with its median, which drifting load disturbs less. Agreement of the
+tiled outputs is reported too (adjusted Rand index over the pixels pyshepseg kept valid; valid
+pixels pyshepseg wrote as null). Without pyshepseg (CI, or no --pyshepseg-python), its columns
+are left out and say why.
 """
 
 from __future__ import annotations
@@ -262,6 +264,15 @@ def main(argv=None):
         x = f"{r['x_pyshepseg_tiled']:.2f}x" if r["x_pyshepseg_tiled"] else "-"
         print(f"| {r['run']} | {r['median_s']:.2f} | {r['mpixel_per_s']:.1f} | "
               f"{r['segments']} | {x} |")
+    paired = {}
+    if "pyshepseg tiled" in times:
+        for kind in kinds:
+            ours = times[f"ours tiled ({kind})"]
+            ratios = [p / o for p, o in zip(times["pyshepseg tiled"], ours, strict=True)]
+            paired[kind] = {"ratios": ratios, "median": statistics.median(ratios)}
+            print(f"pyshepseg tiled / ours tiled ({kind}), per repeat: "
+                  + ", ".join(f"{r:.2f}" for r in ratios)
+                  + f"; median {paired[kind]['median']:.2f}x")
     for kind, a in agree.items():
         print(f"agreement ({kind} vs pyshepseg tiled): {a}")
     meta = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -271,7 +282,8 @@ def main(argv=None):
     if args.json:
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
         with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": rows, "agreement": agree}, fh, indent=2)
+            json.dump({"meta": meta, "results": rows, "paired_ratios": paired,
+                       "agreement": agree}, fh, indent=2)
         print(f"wrote {args.json}")
 
 
