@@ -22,6 +22,10 @@ What is timed, honestly:
   (ProcessPoolExecutor with --workers spawned workers, and/or BatchExecutor on the embedded
   emulator; their start and program builds happen before the clock starts).
 * ours, untiled: gpu.segment(img, centres=...) on the array, after a warm-up call.
+* Output format: pyshepseg writes an uncompressed GeoTIFF here (GTiff driver, no creation
+  options), so by default ours writes an uncompressed tiled GeoTIFF too
+  (``--output-compression none``); ``deflate`` times ours with segment_raster's default
+  (DEFLATE level 1), which costs the client more.
 
 Runs alternate (pyshepseg, ours, pyshepseg, ours ...) so background load hits both; the table
 gives medians, and the ratio pyshepseg / ours is also given per repeat (each pair ran within
@@ -60,6 +64,9 @@ from gpu.segment_sample import SAMPLE_NODATA, sample_image  # noqa: E402
 from gpu.segment_tiled import segment_raster, warm_up  # noqa: E402
 
 gdal.UseExceptions()
+
+#: ours' output when matching pyshepseg's uncompressed GeoTIFF.
+UNCOMPRESSED = ("TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "BIGTIFF=IF_SAFER")
 
 #: Run by the pyshepseg interpreter: warm numba up, then time the tiled and untiled calls.
 PYSHEPSEG_RUNNER = textwrap.dedent("""
@@ -195,6 +202,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pyshepseg-python", help="an interpreter that can import pyshepseg")
     ap.add_argument("--no-untiled", action="store_true", help="skip the untiled columns")
+    ap.add_argument("--output-compression", choices=("none", "deflate"), default="none",
+                    help="ours' output: none (as pyshepseg's here) or segment_raster's "
+                         "default DEFLATE (default: %(default)s)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "bench-segment"))
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "segment.json"))
     args = ap.parse_args(argv)
@@ -208,6 +218,8 @@ def main(argv=None):
     counts: dict[str, int] = {}
     executors = {k: make_executor(k, args.workers, centres.shape[1], centres.shape[0])
                  for k in kinds}
+    output_options = ({} if args.output_compression == "deflate"
+                      else {"creation_options": UNCOMPRESSED})
     img = gdal.Open(str(src)).ReadAsArray()
     gpu.segment(img[:, :300, :300], centres=centres, nodata=SAMPLE_NODATA)  # builds programs
     try:
@@ -221,7 +233,8 @@ def main(argv=None):
             for kind, ex in executors.items():
                 s = segment_raster(ex, str(src), str(workdir / f"ours_{kind}.tif"),
                                    centres=centres, tile_size=args.tile_size,
-                                   overlap=args.overlap, min_segment_size=args.min_segment_size)
+                                   overlap=args.overlap, min_segment_size=args.min_segment_size,
+                                   **output_options)
                 times.setdefault(f"ours tiled ({kind})", []).append(s.seconds)
                 counts[f"ours tiled ({kind})"] = s.segments
             if args.no_untiled:
@@ -256,7 +269,8 @@ def main(argv=None):
                      "x_pyshepseg_tiled": (base / med) if base else None})
     print(f"\n{args.size} x {args.size} x 3 uint16, {centres.shape[0]} fixed centres, "
           f"min segment {args.min_segment_size}, tiles {args.tile_size}/{args.overlap}, "
-          f"{args.workers} workers; device: {gpu.device_info()}")
+          f"{args.workers} workers, our output compression {args.output_compression}; "
+          f"device: {gpu.device_info()}; load average {os.getloadavg()}")
     print(f"pyshepseg: {pss_note}")
     print("| run | median s | Mpixel/s | segments | x pyshepseg tiled |")
     print("|---|---:|---:|---:|---:|")
