@@ -223,3 +223,43 @@ def test_tiles_that_are_all_nodata(small_tif, tmp_path):
     assert s.tiles > 4
     np.testing.assert_array_equal(got == 0, (img == SAMPLE_NODATA).any(axis=0))
     assert int(got.max()) == len(np.unique(got)) - 1 == s.segments
+
+
+@pytest.fixture
+def moto_endpoint():
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_through_s3_as_on_aws(small_tif, tmp_path, moto_endpoint, monkeypatch):
+    """Workers that share no filesystem: the source and the tile files are on S3."""
+    boto3 = pytest.importorskip("boto3")
+    img, src = small_tif
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="scenes")
+    s3.upload_file(src, "scenes", "in/small.tif")
+    centres = np.linspace(0, 60000, 24).reshape(8, 3)
+    options = dict(centres=centres, tile_size=128, overlap=32, min_segment_size=20)
+    with ThreadPoolExecutor(2) as ex:
+        local = segment_raster(ex, src, str(tmp_path / "local.tif"), **options)
+    with spawn_pool(2) as ex:  # fresh processes see the endpoint only through the environment
+        remote = segment_raster(ex, "/vsis3/scenes/in/small.tif", str(tmp_path / "s3.tif"),
+                                tile_store="/vsis3/scenes/scratch", **options)
+    assert remote.tiles == local.tiles == 4
+    np.testing.assert_array_equal(read(tmp_path / "s3.tif"), read(tmp_path / "local.tif"))
+    assert s3.list_objects_v2(Bucket="scenes", Prefix="scratch/").get("KeyCount", 0) == 0
