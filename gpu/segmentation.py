@@ -451,9 +451,16 @@ def eliminate_small_segments(image: np.ndarray, seg: np.ndarray, min_size: int,
     limit = np.float32(max_spectral_diff) ** 2 if math.isfinite(max_spectral_diff) else np.inf
     lists = _SegmentPixels(flat, size, min_size)
     merged = 0
-    for t in range(1, min_size):
+    size[0] = 0  # null is never a source
+    t = 0
+    while True:
+        # the next size that has segments (pyshepseg steps through every size; sizes with
+        # no segment do nothing, and skipping them keeps a large min_size cheap)
+        pending = size[(size > t) & (size < min_size)]
+        if pending.size == 0:
+            break
+        t = int(pending.min())
         cands = np.flatnonzero(size == t)
-        cands = cands[cands != 0]
         passes = 0
         while cands.size and passes < MAX_PASSES:
             pix = lists.pixels(cands, t)                      # (n, t)
