@@ -45,7 +45,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     )
     from werkzeug.serving import make_server
 
-    from . import jobs
+    from . import jobs, moto_fixes
     from .control import ControlMiddleware
 
     class RequestHandler(MotoRequestHandler):
@@ -61,6 +61,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     endpoint = f"http://{reach}:{bound}"
     os.environ["MOTO_PORT"] = str(bound)  # moto builds some URLs (SQS queue URLs) from it
+    moto_fixes.install()
     jobs.install(endpoint)
 
     def stop(signum, frame):
