@@ -4,6 +4,10 @@
     batchexec stack deploy|update|delete|status|outputs [--name N] [--wait] [--parameter K=V]
                     [--region R] [--endpoint-url URL]
     batchexec worker                          a worker's entry point (the job's container command)
+    batchexec worker --self-check [--python X.Y] [--require-gpu] [--no-icd]
+                                              can this environment run workers? (no session needed)
+    batchexec gc [--older-than DURATION] [--dry-run] [--name N]
+                                              remove the queues and payloads of vanished sessions
 
 Errors batchexec raises itself (BatchExecError) are one line on stderr and exit status 2,
 never a traceback: they are the user's to fix and each says how. Heavy imports (moto,
@@ -68,12 +72,48 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--endpoint-url", help="AWS endpoint, e.g. of `batchexec local`")
     stack.set_defaults(handler=_cmd_stack)
 
+    gc = sub.add_parser(
+        "gc", help="remove the queues and payloads of sessions whose client is gone"
+    )
+    gc.add_argument(
+        "--name",
+        default=os.environ.get("BATCHEXEC_STACK") or DEFAULT_STACK,
+        help="stack name (default: $BATCHEXEC_STACK or batchexec)",
+    )
+    gc.add_argument(
+        "--older-than", default="24h", metavar="DURATION",
+        help="a session is gone when its last heartbeat (or, without one, its creation) is "
+             "older than this: 90m, 24h, 2d (default 24h, at least 15m)",
+    )  # fmt: skip
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    gc.add_argument("--region", help="AWS region (default: $AWS_REGION)")
+    gc.add_argument("--endpoint-url", help="AWS endpoint, e.g. of `batchexec local`")
+    gc.set_defaults(handler=_cmd_gc)
+
     worker = sub.add_parser("worker", help="run a worker (the Batch job's container command)")
+    worker.add_argument(
+        "--self-check", action="store_true",
+        help="check this environment (Python, imports, OpenCL ICD and platforms) and exit",
+    )  # fmt: skip
+    worker.add_argument(
+        "--python", metavar="X.Y",
+        help="with --self-check: the client's Python version (default $BATCHEXEC_CLIENT_PYTHON)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--require-gpu", action="store_true", help="with --self-check: fail without a GPU device"
+    )
+    worker.add_argument(
+        "--no-icd", action="store_true",
+        help="with --self-check: do not require the NVIDIA OpenCL ICD file (outside the image)",
+    )  # fmt: skip
     worker.set_defaults(handler=_cmd_worker)
     return parser
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
+    from .emulator.embedded import require_emulator_extra
+
+    require_emulator_extra()
     from .emulator.server import serve
 
     try:
@@ -114,7 +154,34 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from . import gc
+    from .aws import AwsClients
+    from .stack import describe_stack
+
+    older_than = gc.parse_duration(args.older_than)
+    if older_than < gc.MIN_OLDER_THAN_SECONDS:
+        raise _CliError(
+            f"--older-than {args.older_than} is shorter than three client heartbeats "
+            f"({gc.MIN_OLDER_THAN_SECONDS // 60} min): a live session could be removed"
+        )
+    clients = AwsClients.resolve(region=args.region, endpoint_url=args.endpoint_url)
+    if clients.endpoint_url:
+        clients.check_reachable()
+    report = gc.collect(clients, describe_stack(clients, args.name), older_than,
+                        dry_run=args.dry_run)  # fmt: skip
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.self_check:
+        from .selfcheck import main as self_check
+
+        return self_check(args.python, require_gpu=args.require_gpu, require_icd=not args.no_icd)
+    if args.python or args.require_gpu or args.no_icd:
+        raise _CliError("--python, --require-gpu and --no-icd go with --self-check")
     from batchexec.worker import main
 
     return main()
