@@ -8,18 +8,83 @@ restores:
   role (AWSServiceRoleForBatch), which is what the template wants (a custom service role
   keeps Batch from updating the compute environment in place). moto requires ServiceRole,
   and its CloudFormation reads it with `properties["ServiceRole"]`.
+- Inline role policies from CloudFormation: moto stores the parsed document (a dict) where
+  IAM stores JSON text, and then fails with a 500 on GetRolePolicy and when enforcing IAM
+  (`POST /moto-api/reset-auth`). We store JSON, as AWS does.
+- Action names under IAM enforcement: AWS authorizes SendMessageBatch, DeleteMessageBatch and
+  ChangeMessageVisibilityBatch as their single-message actions, and matches actions without
+  regard to case; moto checks the batch calls under their own names and Batch actions in
+  lowercase. Inline role policies get those spellings added, so a policy written for AWS
+  means the same in the emulator. (moto also ignores policy conditions: not fixed.)
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 #: The service that owns the service-linked role Batch uses when given no service role.
 BATCH_SERVICE = "batch.amazonaws.com"
+#: AWS action -> the extra names moto's IAM enforcement checks for the same call.
+MOTO_ACTION_ALIASES = {
+    "sqs:SendMessage": ("sqs:SendMessageBatch",),
+    "sqs:DeleteMessage": ("sqs:DeleteMessageBatch",),
+    "sqs:ChangeMessageVisibility": ("sqs:ChangeMessageVisibilityBatch",),
+}
 
 
 def install() -> None:
     """Apply every fix. Idempotent."""
+    _install_service_role_fix()
+    _install_role_policy_fix()
+
+
+def moto_policy(document: Any) -> str:
+    """An IAM policy document as JSON text, with the action spellings moto checks added."""
+    if isinstance(document, str):
+        document = json.loads(document)
+    document = json.loads(json.dumps(document, default=str))  # a deep copy
+    statements = document.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    kept = []
+    for statement in statements:
+        if not statement:  # an !If that chose AWS::NoValue
+            continue
+        for key in ("Action", "NotAction"):
+            if key in statement:
+                statement[key] = _with_moto_aliases(statement[key])
+        kept.append(statement)
+    document["Statement"] = kept
+    return json.dumps(document)
+
+
+def _with_moto_aliases(actions: Any) -> list[str]:
+    listed = [actions] if isinstance(actions, str) else list(actions)
+    out = list(listed)
+    for action in listed:
+        out.extend(MOTO_ACTION_ALIASES.get(action, ()))
+        if action.lower().startswith("batch:"):
+            out.append(action.lower())
+    return list(dict.fromkeys(out))
+
+
+def _install_role_policy_fix() -> None:
+    from moto.iam import models
+
+    role_cls = models.Role
+    if getattr(role_cls, "_batchexec_policy_fix", False):
+        return
+    orig_put = role_cls.put_policy
+
+    def put_policy(self: Any, policy_name: str, policy_json: Any) -> None:
+        orig_put(self, policy_name, moto_policy(policy_json))
+
+    role_cls.put_policy = put_policy
+    role_cls._batchexec_policy_fix = True
+
+
+def _install_service_role_fix() -> None:
     from moto.batch import models
 
     backend_cls = models.BatchBackend
