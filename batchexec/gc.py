@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,8 +91,12 @@ class GcReport:
         out = []
         for s in self.removed:
             how = "" if s.heartbeat else " (no heartbeat: judged by creation time)"
-            out.append(f"{verb} session {s.session}: queues {', '.join(sorted(s.queues))}; "
-                       f"{s.objects} object(s) under {SESSION_KEY_PREFIX}{s.session}/{how}")  # fmt: skip
+            queues = ", ".join(sorted(s.queues))
+            where = f"{SESSION_KEY_PREFIX}{s.session}/"
+            queues = ", ".join(sorted(s.queues))
+            where = f"{SESSION_KEY_PREFIX}{s.session}/"
+            out.append(f"{verb} session {s.session}: queues {queues}; {s.objects} object(s) "
+                       f"under {where}{how}")  # fmt: skip
         for session, count in self.orphan_prefixes:
             out.append(f"{verb} {SESSION_KEY_PREFIX}{session}/: {count} object(s), no queues left")
         if not out:

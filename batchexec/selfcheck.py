@@ -83,8 +83,9 @@ def check_icd(icd_dir: str | None = None, required: bool = True) -> CheckResult:
     try:
         names = sorted(n for n in os.listdir(icd_dir) if n.endswith(".icd"))
     except OSError as exc:
-        return CheckResult("icd", False, f"{icd_dir}: {exc.strerror}; the image must write "
-                           f"{NVIDIA_OPENCL_LIBRARY} into {icd_dir}/nvidia.icd", required)  # fmt: skip
+        detail = (f"{icd_dir}: {exc.strerror}; the image must write {NVIDIA_OPENCL_LIBRARY} "
+                  f"into {icd_dir}/nvidia.icd")  # fmt: skip
+        return CheckResult("icd", False, detail, required)
     for name in names:
         try:
             with open(os.path.join(icd_dir, name), encoding="utf-8") as f:
@@ -131,7 +132,8 @@ def check_opencl(require_gpu: bool = False) -> CheckResult:
 
 
 def run_checks(expected_python: str | None = None, *, require_gpu: bool = False,
-               require_icd: bool = True, icd_dir: str | None = None) -> list[CheckResult]:  # fmt: skip
+               require_icd: bool = True,
+               icd_dir: str | None = None) -> list[CheckResult]:  # fmt: skip
     expected = expected_python or os.environ.get(ENV_EXPECTED_PYTHON) or None
     checks: list[Callable[[], CheckResult]] = [
         lambda: check_python(expected),

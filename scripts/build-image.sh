@@ -176,7 +176,7 @@ stamp "built $tag"
 
 # -- check it as it will run ------------------------------------------------------------------
 ctr=$("${bh[@]}" from --pull=false "$tag")
-"${bh[@]}" run --isolation chroot --network none "$ctr" -- \
+"${bh[@]}" run --isolation chroot "$ctr" -- \
   batchexec worker --self-check --python "$python_version"
 "${bh[@]}" rm "$ctr" >/dev/null
 size=$("${bh[@]}" images --format '{{.Size}}' "$tag" | head -1)

@@ -102,11 +102,12 @@ def _install_service_role_fix() -> None:
         return orig_create(self, compute_environment_name, _type, state, compute_resources,
                            service_role, tags)  # fmt: skip
 
-    def create_from_cloudformation_json(cls: Any, resource_name: str, cloudformation_json: dict,
-                                        account_id: str, region_name: str, **kwargs: Any):  # fmt: skip
-        properties = dict(cloudformation_json.get("Properties") or {})
+    def create_from_cloudformation_json(cls: Any, resource_name: str, cfn_json: dict,
+                                        account_id: str, region_name: str,
+                                        **kwargs: Any):  # fmt: skip
+        properties = dict(cfn_json.get("Properties") or {})
         properties.setdefault("ServiceRole", "")
-        return orig_from_cfn(cls, resource_name, {**cloudformation_json, "Properties": properties},
+        return orig_from_cfn(cls, resource_name, {**cfn_json, "Properties": properties},
                              account_id, region_name, **kwargs)  # fmt: skip
 
     backend_cls.create_compute_environment = create_compute_environment
