@@ -49,13 +49,20 @@ class EmulatorNotInstalledError(EmulatorStartError):
     """The emulator's dependencies (the `emulator` extra) are not installed."""
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
 def require_emulator_extra() -> None:
     """One clear line instead of an ImportError from a server subprocess.
 
     The base install (and the worker image) leaves moto out: it is only needed to run
     without AWS, which is what this error says to install it for.
     """
-    missing = [m for m in EMULATOR_MODULES if importlib.util.find_spec(m) is None]
+    missing = [m for m in EMULATOR_MODULES if not _importable(m)]
     if missing:
         raise EmulatorNotInstalledError(
             f"no stack is configured, so batchexec would run its embedded AWS emulator, but "
