@@ -1,6 +1,7 @@
 """The `batchexec` command line (also `python -m batchexec`).
 
-    batchexec local [--port N] [--host H]     the embedded emulator, until interrupted
+    batchexec local [--port N] [--host H] [--containers [--engine E] [--image I]]
+                                              the embedded emulator, until interrupted
     batchexec stack deploy|update|delete|status|outputs [--name N] [--wait] [--parameter K=V]
                     [--region R] [--endpoint-url URL]
     batchexec worker                          a worker's entry point (the job's container command)
@@ -53,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--log-requests", action="store_true", help="log each request")
     local.add_argument(
         "--exit-with-parent", action="store_true", help="stop when the parent process dies"
+    )
+    local.add_argument(
+        "--containers", action="store_true",
+        help="run jobs as containers of their job definition's image (docker or podman)",
+    )  # fmt: skip
+    local.add_argument("--engine", help="with --containers: docker, podman, or a path")
+    local.add_argument(
+        "--image", help="with --containers: run every job in this local image instead"
     )
     local.set_defaults(handler=_cmd_local)
 
@@ -116,9 +125,12 @@ def _cmd_local(args: argparse.Namespace) -> int:
     require_emulator_extra()
     from .emulator.server import serve
 
+    if (args.engine or args.image) and not args.containers:
+        raise _CliError("--engine and --image go with --containers")
     try:
         status = serve(args.host, args.port, log_requests=args.log_requests,
-                       exit_with_parent=args.exit_with_parent)  # fmt: skip
+                       exit_with_parent=args.exit_with_parent, containers=args.containers,
+                       engine=args.engine, image=args.image)  # fmt: skip
     except OSError as exc:  # port in use, address not available
         raise _CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     # The server has stopped and killed its jobs; tearing down moto's hundreds of modules

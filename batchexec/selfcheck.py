@@ -120,15 +120,42 @@ def check_opencl(require_gpu: bool = False) -> CheckResult:
         import gpu
 
         in_use = gpu.device_info()
+        _run_tiny_kernel()
     except Exception as exc:
-        return CheckResult("opencl", False, f"devices {found}, but the gpu package cannot open "
-                           f"one: {type(exc).__name__}: {exc}")  # fmt: skip
+        first = str(exc).strip().splitlines()
+        return CheckResult("opencl", False, f"devices {found}, but the gpu package cannot "
+                           f"build and run a kernel on one: {type(exc).__name__}: "
+                           f"{' / '.join(first[-3:])[:400]}")  # fmt: skip
     if require_gpu and not has_gpu:
         return CheckResult("opencl", False, f"no GPU device (only {'; '.join(found)}): is the "
                            f"NVIDIA runtime mounting the driver (NVIDIA_DRIVER_CAPABILITIES "
                            f"with compute, a GPU reserved for the job)?")  # fmt: skip
     kind = "GPU" if has_gpu else "no GPU, CPU fallback"
     return CheckResult("opencl", True, f"{kind}; using {in_use}; all: {'; '.join(found)}")
+
+
+#: Compiled and run on the device the gpu package picks: listing platforms is not enough (PoCL
+#: lists its CPU device fine, then fails at the first kernel when the linker is missing).
+_TINY_KERNEL = "__kernel void twice(__global float *a) { a[get_global_id(0)] *= 2.0f; }"
+
+
+def _run_tiny_kernel() -> None:
+    import numpy as np
+    import pyopencl as cl
+
+    from gpu import device
+
+    state = device.state()
+    host = np.arange(4, dtype=np.float32)
+    buf = cl.Buffer(state.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                    hostbuf=host)  # fmt: skip
+    program = cl.Program(state.context, _TINY_KERNEL).build()
+    program.twice(state.queue, host.shape, None, buf)
+    out = np.empty_like(host)
+    cl.enqueue_copy(state.queue, out, buf)
+    state.queue.finish()
+    if not np.array_equal(out, host * 2):
+        raise RuntimeError(f"a kernel doubling {host.tolist()} returned {out.tolist()}")
 
 
 def run_checks(expected_python: str | None = None, *, require_gpu: bool = False,

@@ -3,15 +3,18 @@
 # running `batchexec worker --self-check` inside it. What CI runs (tests/test_image.py).
 #
 #   bash scripts/build-image.sh [--offline-base] [--python X.Y] [--tag NAME] [--archive FILE]
-#                               [--keep] [--workdir DIR]
+#                               [--keep] [--workdir DIR] [--with-docker]
 #
 # --offline-base  build FROM a Debian bookworm root made here with mmdebstrap from the
 #                 distribution's archive (for machines that reach no image registry), instead
 #                 of the Dockerfile's default BASE (python:X.Y-slim-bookworm from Docker Hub).
 # --python X.Y    the client's Python minor version (default: that of .venv/bin/python, else
 #                 python3): the image must run the same one.
-# --archive FILE  also write the image as an OCI archive (load it with `podman load`, or push
-#                 it with `skopeo copy oci-archive:FILE docker://...`).
+# --archive FILE  also write the image as a docker-archive tarball (`docker load -i FILE`,
+#                 `podman load -i FILE`, or push it with `skopeo copy docker-archive:FILE
+#                 docker://...`); tests/test_containers.py runs it from there.
+# --with-docker   also install docker.io (dockerd), which `batchexec local --containers` and
+#                 tests/test_containers.py use to run the image (CI passes it).
 # --keep          keep buildah's storage (and the image in it) under the work directory;
 #                 by default it is removed at the end (vfs keeps a full copy per layer).
 # --workdir DIR   where storage and caches go (default ${XDG_CACHE_HOME:-~/.cache}/batchexec/image).
@@ -34,6 +37,7 @@ python_version=""
 tag="localhost/batchexec-worker:dev"
 archive=""
 keep=0
+with_docker=0
 workdir="${XDG_CACHE_HOME:-$HOME/.cache}/batchexec/image"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,7 +47,8 @@ while [ $# -gt 0 ]; do
     --archive) archive="$2"; shift ;;
     --keep) keep=1 ;;
     --workdir) workdir="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --with-docker) with_docker=1 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -53,6 +58,9 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need_apt=()
 for pkg in buildah; do dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg"); done
+if [ "$with_docker" -eq 1 ]; then
+  for pkg in docker.io; do dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg"); done
+fi
 if [ "$offline_base" -eq 1 ]; then
   for pkg in mmdebstrap; do dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg"); done
 fi
@@ -183,7 +191,8 @@ size=$("${bh[@]}" images --format '{{.Size}}' "$tag" | head -1)
 stamp "self-check passed; image $tag is $size"
 
 if [ -n "$archive" ]; then
-  "${bh[@]}" push --quiet "$tag" "oci-archive:$archive:$tag"
+  rm -f "$archive"
+  "${bh[@]}" push --quiet "$tag" "docker-archive:$archive:$tag"
   stamp "wrote $archive"
 fi
 if [ "$keep" -eq 1 ]; then

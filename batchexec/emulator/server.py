@@ -32,11 +32,15 @@ class _Stop(Exception):
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
-          exit_with_parent: bool = False, out: TextIO | None = None) -> int:  # fmt: skip
+          exit_with_parent: bool = False, out: TextIO | None = None,
+          containers: bool = False, engine: str | None = None,
+          image: str | None = None) -> int:  # fmt: skip
     """Serve until SIGINT/SIGTERM. Port 0 picks a free port. Returns the exit status.
 
     exit_with_parent: also stop when the process that started us dies, even by SIGKILL (the
     embedded emulator's client), so a killed client leaks no server and no jobs.
+    containers: run jobs as containers of their image with `engine` (containers.py), every
+    job in `image` when given.
     """
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -62,7 +66,12 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     endpoint = f"http://{reach}:{bound}"
     os.environ["MOTO_PORT"] = str(bound)  # moto builds some URLs (SQS queue URLs) from it
     moto_fixes.install()
-    jobs.install(endpoint)
+    runtime = None
+    if containers:
+        from .containers import ContainerRuntime
+
+        runtime = ContainerRuntime.find(endpoint, engine, image)
+    jobs.install(endpoint, runtime)
 
     def stop(signum, frame):
         raise _Stop()
@@ -86,6 +95,8 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_IGN if s == signal.SIGTERM else handler)
         jobs.registry.kill_all()
+        if runtime is not None:
+            runtime.remove_all()
         server.server_close()
     return 0
 
