@@ -464,3 +464,21 @@ def test_the_job_role_reaches_only_its_prefixes_of_its_own_bucket(enforced):
     assert denied(s3.get_object, Bucket=buckets["iso-b"], Key="sessions/s1/arg")
     assert denied(s3.put_object, Bucket=buckets["iso-b"], Key="sessions/s1/x", Body=b"x")
     assert denied(s3.delete_bucket, Bucket=buckets["iso"])
+
+
+def test_the_moto_internals_the_emulator_patches_still_exist():
+    """batchexec/emulator/moto_fixes.py and containers.py rely on these (setup.cfg pins moto)."""
+    import inspect
+
+    from moto.batch import models as batch
+    from moto.iam import models as iam
+    from moto.sts.models import STSBackend
+
+    params = inspect.signature(batch.BatchBackend.create_compute_environment).parameters
+    assert list(params)[1:6] == ["compute_environment_name", "_type", "state",
+                                 "compute_resources", "service_role"]  # fmt: skip
+    assert callable(batch.ComputeEnvironment.create_from_cloudformation_json)
+    assert list(inspect.signature(iam.Role.put_policy).parameters) == [
+        "self", "policy_name", "policy_json"]  # fmt: skip
+    assert {"region_name", "role_session_name", "role_arn", "policy", "duration",
+            "external_id"} <= set(inspect.signature(STSBackend.assume_role).parameters)
