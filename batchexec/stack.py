@@ -9,6 +9,7 @@ source tree, a copy in a built wheel), which is where `load_template` reads it.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -94,6 +95,19 @@ def session_queue_names(stack: str, session: str) -> tuple[str, str]:
                          f"{SESSION_QUEUE_SEPARATOR!r}")  # fmt: skip
     prefix = session_queue_prefix(stack)
     return f"{prefix}{session}-tasks", f"{prefix}{session}-results"
+
+
+#: Attributes every session queue is created with: encrypted at rest like the stack's DLQ.
+SESSION_QUEUE_SECURITY_ATTRIBUTES = {"SqsManagedSseEnabled": "true"}
+
+
+def tls_only_queue_policy(queue_arn: str) -> str:
+    """The queue policy that denies every request not made over TLS (as the template gives
+    the dead-letter queue), for SetQueueAttributes(Policy=...) on a session queue."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "sqs:*",
+        "Resource": queue_arn, "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }]})  # fmt: skip
 
 
 def load_template() -> str:

@@ -482,3 +482,21 @@ def test_the_moto_internals_the_emulator_patches_still_exist():
         "self", "policy_name", "policy_json"]  # fmt: skip
     assert {"region_name", "role_session_name", "role_arn", "policy", "duration",
             "external_id"} <= set(inspect.signature(STSBackend.assume_role).parameters)
+
+
+def test_session_queue_security_settings_are_accepted_by_sqs(clients):
+    """What session.py should create session queues with (SSE, TLS only)."""
+    sqs = clients.client("sqs")
+    name, _ = st.session_queue_names("deployed", "sec00001")
+    url = sqs.create_queue(QueueName=name, Attributes=st.SESSION_QUEUE_SECURITY_ATTRIBUTES)[
+        "QueueUrl"
+    ]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": st.tls_only_queue_policy(arn)})
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attrs["SqsManagedSseEnabled"] == "true"
+    policy = json.loads(attrs["Policy"])
+    assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    sqs.delete_queue(QueueUrl=url)
