@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ REQUIRED_MODULES = (
 #: driver capability); an ICD file naming it is how the OpenCL loader finds it.
 NVIDIA_OPENCL_LIBRARY = "libnvidia-opencl.so.1"
 DEFAULT_ICD_DIR = "/etc/OpenCL/vendors"
+#: A first PoCL build compiles with LLVM: seconds, more on a loaded machine.
+KERNEL_TIMEOUT_SECONDS = 300
 #: Set in the worker image from its PYTHON_VERSION build argument: the client's minor version.
 ENV_EXPECTED_PYTHON = "BATCHEXEC_CLIENT_PYTHON"
 
@@ -120,12 +123,19 @@ def check_opencl(require_gpu: bool = False) -> CheckResult:
         import gpu
 
         in_use = gpu.device_info()
-        _run_tiny_kernel()
     except Exception as exc:
-        first = str(exc).strip().splitlines()
         return CheckResult("opencl", False, f"devices {found}, but the gpu package cannot "
-                           f"build and run a kernel on one: {type(exc).__name__}: "
-                           f"{' / '.join(first[-3:])[:400]}")  # fmt: skip
+                           f"open one: {type(exc).__name__}: {exc}")  # fmt: skip
+    # In a child: a driver that cannot build (PoCL without a linker) aborts the process.
+    kernel = subprocess.run(
+        [sys.executable, "-c", "from batchexec.selfcheck import _run_tiny_kernel as k; k()"],
+        capture_output=True, text=True, timeout=KERNEL_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    if kernel.returncode != 0:
+        lines = [ln for ln in kernel.stderr.strip().splitlines() if ln.strip()]
+        why = " / ".join(lines[-3:])[:400]
+        return CheckResult("opencl", False, f"{in_use} cannot build and run a kernel (exit "
+                           f"status {kernel.returncode}): {why}")  # fmt: skip
     if require_gpu and not has_gpu:
         return CheckResult("opencl", False, f"no GPU device (only {'; '.join(found)}): is the "
                            f"NVIDIA runtime mounting the driver (NVIDIA_DRIVER_CAPABILITIES "

@@ -5,6 +5,7 @@ script's argument handling. The build itself (about 5 minutes) is CI's separate 
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -96,3 +97,15 @@ def test_build_script_rejects_bad_arguments_before_doing_anything():
     assert r.returncode == 2 and "MAJOR.MINOR" in r.stderr
     r = build_script("--help")
     assert r.returncode == 0 and "--offline-base" in r.stdout
+
+
+def test_self_check_reports_a_driver_that_cannot_link_kernels(tmp_path):
+    """What the first slim image did: PoCL lists its CPU device, then aborts at the first
+    kernel without a linker. The check builds one in a child and reports it as a FAIL line."""
+    env = {**os.environ, "PATH": str(tmp_path), "BATCHEXEC_OPENCL_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "batchexec", "worker", "--self-check", "--no-icd"],
+                       capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("FAIL")]
+    assert line.startswith("FAIL  opencl") and "cannot build and run a kernel" in line
+    assert '"ld"' in line
