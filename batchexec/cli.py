@@ -1,6 +1,7 @@
 """The `batchexec` command line (also `python -m batchexec`).
 
     batchexec local [--port N] [--host H] [--containers [--engine E] [--image I]]
+                    [--enforce-iam CREDENTIALS_FILE]
                                               the embedded emulator, until interrupted
     batchexec stack deploy|update|delete|status|outputs [--name N] [--wait] [--parameter K=V]
                     [--region R] [--endpoint-url URL]
@@ -63,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--image", help="with --containers: run every job in this local image instead"
     )
+    local.add_argument(
+        "--enforce-iam", metavar="CREDENTIALS_FILE",
+        help="check every request against IAM (as AWS does); an admin user's keys are "
+             "written to this file (JSON) for the client",
+    )  # fmt: skip
     local.set_defaults(handler=_cmd_local)
 
     stack = sub.add_parser("stack", help="deploy or inspect the CloudFormation stack")
@@ -130,7 +136,8 @@ def _cmd_local(args: argparse.Namespace) -> int:
     try:
         status = serve(args.host, args.port, log_requests=args.log_requests,
                        exit_with_parent=args.exit_with_parent, containers=args.containers,
-                       engine=args.engine, image=args.image)  # fmt: skip
+                       engine=args.engine, image=args.image,
+                       credentials_file=args.enforce_iam)  # fmt: skip
     except OSError as exc:  # port in use, address not available
         raise _CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     # The server has stopped and killed its jobs; tearing down moto's hundreds of modules

@@ -248,3 +248,31 @@ def test_credentials_travel_in_the_environment_never_in_argv():
     assert argv[-3:] == ["img:1", "batchexec", "worker"]
     assert ["-e", "AWS_SECRET_ACCESS_KEY"] == argv[argv.index("AWS_SECRET_ACCESS_KEY") - 1:][:2]
     assert argv[argv.index("--network") + 1] == "host"
+
+
+def test_enforce_iam_from_the_first_request_with_an_admin_for_the_client(tmp_path):
+    import json
+
+    import boto3
+    import botocore.exceptions
+
+    creds_file = tmp_path / "admin.json"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "batchexec", "local", "--port", "0", "--enforce-iam",
+         str(creds_file)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        endpoint = server.stdout.readline().decode().strip()
+        assert oct(creds_file.stat().st_mode & 0o777) == "0o600"
+        admin = json.loads(creds_file.read_text())
+        anyone = boto3.client("sqs", region_name="us-east-1", endpoint_url=endpoint,
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            anyone.list_queues()
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        clients = boto3.client("cloudformation", region_name="us-east-1",
+                               endpoint_url=endpoint, **admin)  # fmt: skip
+        assert clients.describe_stacks()["Stacks"] == []
+    finally:
+        _stop(server)

@@ -11,23 +11,43 @@ described and partly fixed in moto_fixes.
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 
 from ..aws import AwsClients
 
 ADMIN_USER = "batchexec-emulator-admin"
+ALLOW_EVERYTHING = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "*", "Resource": "*"}]})  # fmt: skip
+
+
+def enforce_in_server(credentials_file: str, region: str = "us-east-1") -> None:
+    """In the server process, before it serves: create the admin user, write its keys to
+    `credentials_file` (mode 0600, JSON with aws_access_key_id / aws_secret_access_key) and
+    enforce IAM from the first request (`batchexec local --enforce-iam`)."""
+    from moto import settings
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.iam.models import iam_backends
+
+    iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
+    iam.create_user(region_name=region, user_name=ADMIN_USER)
+    iam.put_user_policy(ADMIN_USER, "everything", ALLOW_EVERYTHING)
+    key = iam.create_access_key(ADMIN_USER)
+    fd = os.open(credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"aws_access_key_id": key.access_key_id,
+                   "aws_secret_access_key": key.secret_access_key}, f)  # fmt: skip
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
 
 
 def create_admin(clients: AwsClients) -> dict[str, str]:
     """An IAM user allowed every action; returns boto3 credential keyword arguments."""
     iam = clients.client("iam")
     iam.create_user(UserName=ADMIN_USER)
-    iam.put_user_policy(
-        UserName=ADMIN_USER,
-        PolicyName="everything",
-        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
-    )  # fmt: skip
+    iam.put_user_policy(UserName=ADMIN_USER, PolicyName="everything",
+                        PolicyDocument=ALLOW_EVERYTHING)  # fmt: skip
     key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
     return {"aws_access_key_id": key["AccessKeyId"],
             "aws_secret_access_key": key["SecretAccessKey"]}  # fmt: skip

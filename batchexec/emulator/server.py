@@ -34,13 +34,15 @@ class _Stop(Exception):
 def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
           exit_with_parent: bool = False, out: TextIO | None = None,
           containers: bool = False, engine: str | None = None,
-          image: str | None = None) -> int:  # fmt: skip
+          image: str | None = None, credentials_file: str | None = None) -> int:  # fmt: skip
     """Serve until SIGINT/SIGTERM. Port 0 picks a free port. Returns the exit status.
 
     exit_with_parent: also stop when the process that started us dies, even by SIGKILL (the
     embedded emulator's client), so a killed client leaks no server and no jobs.
     containers: run jobs as containers of their image with `engine` (containers.py), every
     job in `image` when given.
+    credentials_file: enforce IAM from the first request; an admin user's keys are written
+    there (auth.enforce_in_server).
     """
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -72,6 +74,10 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
 
         runtime = ContainerRuntime.find(endpoint, engine, image)
     jobs.install(endpoint, runtime)
+    if credentials_file:
+        from .auth import enforce_in_server
+
+        enforce_in_server(credentials_file)
 
     def stop(signum, frame):
         raise _Stop()
