@@ -147,9 +147,9 @@ def _find_sessions(clients: AwsClients, stack: StackResources) -> dict[str, Sess
                 continue
             try:
                 tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
-                attrs = sqs.get_queue_attributes(
-                    QueueUrl=url, AttributeNames=["CreatedTimestamp"]
-                )["Attributes"]
+                attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["CreatedTimestamp"])[
+                    "Attributes"
+                ]
             except botocore.exceptions.ClientError as exc:
                 if "NonExistentQueue" in error_code(exc) or "QueueDoesNotExist" in error_code(exc):
                     continue  # deleted meanwhile (its client shut down)
@@ -191,7 +191,7 @@ def _session_prefixes(s3, bucket: str) -> list[str]:
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=SESSION_KEY_PREFIX, Delimiter="/"):
         for p in page.get("CommonPrefixes", []):
-            found.append(p["Prefix"][len(SESSION_KEY_PREFIX):].rstrip("/"))
+            found.append(p["Prefix"][len(SESSION_KEY_PREFIX) :].rstrip("/"))
     return found
 
 
@@ -208,5 +208,5 @@ def _keys(s3, bucket: str, prefix: str) -> list[str]:
 
 def _delete_keys(s3, bucket: str, keys: list[str]) -> None:
     for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
-        chunk = [{"Key": k} for k in keys[i:i + 1000]]
+        chunk = [{"Key": k} for k in keys[i : i + 1000]]
         s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})

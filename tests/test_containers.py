@@ -221,8 +221,13 @@ def test_hillshade_runs_in_containers_with_only_the_job_roles_rights(enforced, a
 
 def test_no_engine_is_a_one_line_error(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}  # neither docker nor podman on PATH
-    r = subprocess.run([sys.executable, "-m", "batchexec", "local", "--port", "0",
-                        "--containers"], capture_output=True, text=True, timeout=60, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "batchexec", "local", "--port", "0", "--containers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "needs a working container engine" in r.stderr and "docker: not found" in r.stderr
 
@@ -246,7 +251,7 @@ def test_credentials_travel_in_the_environment_never_in_argv():
     assert "s3cr3t" not in " ".join(argv) and env["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
     assert argv[argv.index("--name") + 1] == container_name(job) == "bx-0f1e-3"
     assert argv[-3:] == ["img:1", "batchexec", "worker"]
-    assert ["-e", "AWS_SECRET_ACCESS_KEY"] == argv[argv.index("AWS_SECRET_ACCESS_KEY") - 1:][:2]
+    assert ["-e", "AWS_SECRET_ACCESS_KEY"] == argv[argv.index("AWS_SECRET_ACCESS_KEY") - 1 :][:2]
     assert argv[argv.index("--network") + 1] == "host"
 
 
@@ -266,8 +271,13 @@ def test_enforce_iam_from_the_first_request_with_an_admin_for_the_client(tmp_pat
         endpoint = server.stdout.readline().decode().strip()
         assert oct(creds_file.stat().st_mode & 0o777) == "0o600"
         admin = json.loads(creds_file.read_text())
-        anyone = boto3.client("sqs", region_name="us-east-1", endpoint_url=endpoint,
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        anyone = boto3.client(
+            "sqs",
+            region_name="us-east-1",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         with pytest.raises(botocore.exceptions.ClientError) as info:
             anyone.list_queues()
         assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403

@@ -102,8 +102,12 @@ def test_build_script_rejects_bad_arguments_before_doing_anything():
 def test_self_check_reports_a_driver_that_cannot_link_kernels(tmp_path):
     """What the first slim image did: PoCL lists its CPU device, then aborts at the first
     kernel without a linker. The check builds one in a child and reports it as a FAIL line."""
-    env = {**os.environ, "PATH": str(tmp_path), "BATCHEXEC_OPENCL_CACHE_DIR": str(tmp_path),
-           "POCL_CACHE_DIR": str(tmp_path / "pocl")}  # a cold cache: PoCL must link
+    env = {
+        **os.environ,
+        "PATH": str(tmp_path),
+        "BATCHEXEC_OPENCL_CACHE_DIR": str(tmp_path),
+        "POCL_CACHE_DIR": str(tmp_path / "pocl"),
+    }  # a cold cache: PoCL must link
     r = subprocess.run([sys.executable, "-m", "batchexec", "worker", "--self-check", "--no-icd"],
                        capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert r.returncode == 1, r.stdout + r.stderr
