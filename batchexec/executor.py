@@ -55,7 +55,7 @@ from .errors import (
 )
 from .launcher import BatchLauncher, WorkerMonitor
 from .serialization import describe, digest, dumps, main_script_path
-from .session import Session
+from .session import Session, SessionHeartbeat
 from .tasks import NotAccepted, TaskTable, WorkItem
 from .threads import TaskFuture, settle
 from .worker.mainmodule import check_not_importing_main
@@ -210,6 +210,7 @@ class BatchExecutor(Executor):
         collector = ResultCollector(self._table, session.results, session.store, session.id,
                                     self._set_broken, dead_letters=session.dead_letters)
         self._janitor = collector.janitor
+        self._heartbeat = SessionHeartbeat(session, self._set_broken)
         self._threads = [
             TaskDispatcher(self._table, session.tasks, session.store, session.id,
                            self._options.inline_limit, self._set_broken),
@@ -217,6 +218,7 @@ class BatchExecutor(Executor):
             self._janitor,
             self._watcher,
             self._monitor,
+            self._heartbeat,
         ]
         for thread in self._threads:
             thread.start()
@@ -451,6 +453,7 @@ class BatchExecutor(Executor):
         self._table.close()
         self._monitor.stop()
         self._watcher.stop()
+        self._heartbeat.stop()
         collector = self._threads[1]
         if collector is not threading.current_thread():
             collector.join(timeout)  # its last deletes reach the janitor before it stops

@@ -20,15 +20,20 @@ import json
 import logging
 import secrets
 import sys
+import threading
+import time
 import uuid
 
 import botocore.exceptions
 import cloudpickle
 
+from . import gc as gc_rules
 from .config import ExecutorOptions, SessionSettings
 from .errors import ConfigurationError
 from .protocol import script_digest
 from .serialization import digest, dumps, main_script_path
+from .stack import SESSION_TAG, STACK_TAG, session_queue_names
+from .threads import ServiceThread
 from .transport import MessageQueue, PayloadStore, is_queue_gone
 
 log = logging.getLogger(__name__)
@@ -40,8 +45,14 @@ _QUEUE_NAME_LIMIT = 80
 _RETENTION_SECONDS = 4 * 86400
 
 
-def queue_names(stack: str, session: str) -> tuple[str, str]:
-    return f"{stack}-{session}-tasks", f"{stack}-{session}-results"
+#: The session queues' tag a live client refreshes, so `batchexec gc` can tell a crashed
+#: client's leftovers from a long session (see gc.HEARTBEAT_INTERVAL_SECONDS).
+HEARTBEAT_TAG = gc_rules.HEARTBEAT_TAG
+HEARTBEAT_SECONDS = gc_rules.HEARTBEAT_INTERVAL_SECONDS
+
+#: "<stack>_<session>-tasks": stack names cannot contain "_", so the job role's "<stack>_*"
+#: matches this stack's session queues and no other stack's.
+queue_names = session_queue_names
 
 
 class Session:
@@ -69,7 +80,8 @@ class Session:
                 f"(at most {_QUEUE_NAME_LIMIT - 22} characters): deploy it under a shorter name"
             )
         sqs = clients.client("sqs")
-        tags = {"batchexec:session": session, "batchexec:stack": stack.name}
+        tags = {SESSION_TAG: session, STACK_TAG: stack.name,
+                HEARTBEAT_TAG: str(int(time.time()))}
         arn_prefix = stack.dead_letter_queue_arn.rsplit(":", 1)[0]
         task_url = sqs.create_queue(
             QueueName=task_name,
@@ -139,6 +151,15 @@ class Session:
                  result_name, store.uri)
         return cls(settings, sqs, store, stack.name)
 
+    def heartbeat(self) -> None:
+        """Refresh the queues' heartbeat tag: this session's client is alive."""
+        now = {HEARTBEAT_TAG: str(int(time.time()))}
+        for queue in (self.tasks, self.results):
+            try:
+                self.sqs.tag_queue(QueueUrl=queue.url, Tags=now)
+            except botocore.exceptions.ClientError as exc:
+                log.warning("refreshing the heartbeat of %s failed: %s", queue, exc)
+
     def is_alive(self, session: str) -> bool:
         """Whether another session of this stack still has its task queue."""
         try:
@@ -160,6 +181,25 @@ class Session:
             self.store.delete_all()
         except Exception as exc:
             log.warning("deleting %s failed: %s", self.store.uri, exc)
+
+
+class SessionHeartbeat(ServiceThread):
+    """Refreshes the session queues' heartbeat tag every HEARTBEAT_SECONDS while the executor
+    lives (one TagQueue per queue: negligible), so that `batchexec gc` never removes a long
+    session, and does remove a crashed client's within its --older-than."""
+
+    def __init__(self, session: Session, on_broken, interval: float = HEARTBEAT_SECONDS):
+        super().__init__("batchexec-session-heartbeat", on_broken)
+        self.session = session
+        self.interval = interval
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def serve(self) -> None:
+        while not self._stopping.wait(self.interval):
+            self.session.heartbeat()
 
 
 def _protected(arn: str) -> dict[str, str]:

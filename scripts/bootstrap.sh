@@ -37,7 +37,25 @@ fi
 
 stamp=.venv/.batchexec-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "bootstrap: installing batchexec with extras gpu, gdal, dev"
-  "$VPY" -m pip install -q -e ".[gpu,gdal,dev]"
+  echo "bootstrap: installing batchexec with extras gpu, gdal, emulator, dev"
+  "$VPY" -m pip install -q -e ".[gpu,gdal,emulator,dev]"
   touch "$stamp"
+fi
+
+# checkov (the template's security lint) pins older boto3/networkx/packaging than the project
+# uses, so it gets a virtual environment of its own; its version range is setup.cfg's
+# "checkov" extra.
+ckstamp=.venv/checkov/.installed
+if [ ! -f "$ckstamp" ] || [ setup.cfg -nt "$ckstamp" ]; then
+  requirement=$("$VPY" - <<'PY'
+import configparser
+cfg = configparser.ConfigParser()
+cfg.read("setup.cfg")
+print(" ".join(cfg["options.extras_require"]["checkov"].split()))
+PY
+)
+  echo "bootstrap: installing $requirement into .venv/checkov"
+  [ -x .venv/checkov/bin/python ] || "$VPY" -m venv .venv/checkov
+  .venv/checkov/bin/python -m pip install -q $requirement
+  touch "$ckstamp"
 fi

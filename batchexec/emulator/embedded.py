@@ -17,6 +17,7 @@ just as the client can (cloudpickle pickles importable functions by name).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import selectors
 import signal
@@ -36,8 +37,39 @@ CLOSE_GRACE_SECONDS = 5.0
 WAITER_DELAY_SECONDS = 1
 
 
+#: What the emulator imports that the base install lacks (the `emulator` extra provides them).
+EMULATOR_MODULES = ("moto", "flask", "werkzeug")
+
+
 class EmulatorStartError(BatchExecError):
     """The embedded emulator did not start or could not deploy the stack."""
+
+
+class EmulatorNotInstalledError(EmulatorStartError):
+    """The emulator's dependencies (the `emulator` extra) are not installed."""
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
+def require_emulator_extra() -> None:
+    """One clear line instead of an ImportError from a server subprocess.
+
+    The base install (and the worker image) leaves moto out: it is only needed to run
+    without AWS, which is what this error says to install it for.
+    """
+    missing = [m for m in EMULATOR_MODULES if not _importable(m)]
+    if missing:
+        raise EmulatorNotInstalledError(
+            f"no stack is configured, so batchexec would run its embedded AWS emulator, but "
+            f"the emulator is not installed (missing {', '.join(missing)}): "
+            f"pip install 'batchexec[emulator]', or deploy a stack (`batchexec stack deploy "
+            f"--wait`) and set BATCHEXEC_STACK"
+        )
 
 
 class EmbeddedEmulator:
@@ -56,6 +88,7 @@ class EmbeddedEmulator:
     def start(cls, stack_name: str = "batchexec", parameters: dict | None = None,
               timeout: float = 60) -> EmbeddedEmulator:  # fmt: skip
         """Start the server, deploy the stack, and return once it is CREATE_COMPLETE."""
+        require_emulator_extra()
         deadline = time.monotonic() + timeout
         proc, stderr_file = _spawn_server()
         try:
