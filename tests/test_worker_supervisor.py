@@ -111,6 +111,9 @@ def worker(monkeypatch):
     def run(messages, store=None, **overrides):
         kw = dict(visibility_timeout=3, idle_timeout=1.5, max_attempts=2)
         kw.update(overrides)
+        if kw.get("initializer_key") and "initializer_digest" not in kw:
+            # As the client does: the digest of the initializer it uploaded.
+            kw["initializer_digest"] = digest(store.objects[kw["initializer_key"]])
         settings = SessionSettings("s", "tq", "rq", "dq", "b", "p/", **kw)
         tasks, results, dead = FakeQueue(messages), FakeQueue(), FakeQueue()
         sup = Supervisor(settings, "w:0", tasks, results, dead, store or FakeStore())
@@ -563,4 +566,16 @@ def test_an_unauthenticated_task_message_is_dead_lettered_unread(worker, tmp_pat
     assert [b for _, b in dead.sent] == [body]
     assert tasks.deleted == ["r1"]
     assert not any(isinstance(m, ResultMessage) for m in results.decoded())
+    assert not marker.exists()
+
+
+def test_an_initializer_changed_in_s3_is_not_run(worker, tmp_path):
+    marker = tmp_path / "pwned"
+    store = FakeStore({"init": pickle.dumps(_Creates(str(marker)))})
+    code, _, _, results, _ = worker([], store=store, initializer_key="init",
+                                    initializer_digest=digest(b"what the client uploaded"))
+    assert code == 1
+    (event,) = [m for m in results.decoded() if isinstance(m, WorkerEvent)
+                and m.event == WorkerEvent.INITIALIZER_FAILED]
+    assert "does not match the digest" in str(loads(event.error, "error").rebuild())
     assert not marker.exists()
