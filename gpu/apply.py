@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import cloudpickle
 import numpy as np
 from osgeo import gdal, gdal_array, osr
+from tqdm import tqdm
 
 from . import gdal_io, mosaic
 from .tiling import Window
