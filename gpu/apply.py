@@ -32,6 +32,7 @@ the job, by reference when importable and by value (cloudpickle) when defined in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -629,4 +630,11 @@ def _accumulate(summary: ApplySummary, result: BlockResult) -> None:
 
 def _progress_bar(total: int, progress: bool | None, label: str):
     enabled = sys.stderr.isatty() if progress is None else progress
-    return tqdm(total=total, unit="block", desc=label, disable=not enabled, leave=False)
+    if not enabled:  # a disabled tqdm still builds a multiprocessing lock (~20 ms, first time)
+        return contextlib.nullcontext(_NoProgress())
+    return tqdm(total=total, unit="block", desc=label, leave=False)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass

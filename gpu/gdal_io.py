@@ -139,6 +139,17 @@ def dataset_info(path: str) -> DatasetInfo:
         ds = None
 
 
+def band_data_type(path: str, band: int = 1) -> int:
+    """The gdal.GDT_* type of one band (an open and a header read; no georeferencing)."""
+    ds = gdal.Open(path)
+    try:
+        if not 1 <= band <= ds.RasterCount:
+            raise ValueError(f"{path} has {ds.RasterCount} band(s); band {band} does not exist")
+        return ds.GetRasterBand(band).DataType
+    finally:
+        ds = None
+
+
 def raster_info(path: str, band: int = 1) -> RasterInfo:
     ds = gdal.Open(path)
     try:

@@ -186,10 +186,10 @@ def run_tiled(
         src = os.path.abspath(src)  # workers need not share this process's working directory
     t0 = time.perf_counter()
     with gdal_io.s3_config(endpoint_url):
-        info = gdal_io.raster_info(src, band)
+        data_type = gdal_io.band_data_type(src, band)
     # gdaldem computes in Float32 whatever the input type; Int16 is kept as is because the
     # kernels take it natively and it halves the host-to-device transfer.
-    dtype = None if info.data_type in (gdal.GDT_Int16, gdal.GDT_Float32) else np.float32
+    dtype = None if data_type in (gdal.GDT_Int16, gdal.GDT_Float32) else np.float32
     opened = time.perf_counter() - t0
     try:
         s = apply(
