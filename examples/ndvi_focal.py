@@ -31,7 +31,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from gpu import gdal_io
-from gpu.apply import Block, Input, Output, apply
+from gpu.applier import Block, Input, Output, apply
 
 gdal.UseExceptions()
 

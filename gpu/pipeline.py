@@ -1,15 +1,15 @@
 """Terrain operations over a raster in tiles, on any Executor: a use of gpu.apply.
 
     run_tiled(executor, src, "out.vrt", operation="hillshade")
-        -> gpu.apply.apply(executor, terrain_block, {"dem": Input(src, halo=1)},
-                           {"out": Output("out.vrt", <gdaldem's type>, nodata=<gdaldem's>)})
+        -> gpu.apply(executor, terrain_block, {"dem": Input(src, halo=1)},
+                     {"out": Output("out.vrt", <gdaldem's type>, nodata=<gdaldem's>)})
 
 Each worker reads its tile's window (with the 1-pixel halo the 3 x 3 kernels need), runs
 gpu.<operation> and writes the core as a COG tile; the client writes the VRT mosaic from
 metadata (or a worker assembles one COG when dst ends in .tif). No pixel passes through the
 client. Why tiles with a halo give the untiled result exactly: see gpu.tiling.
 
-The functions sent to workers (`terrain_block`, `gpu.apply.run_block`) are module-level and
+The functions sent to workers (`terrain_block`, `gpu.applier.run_block`) are module-level and
 picklable by reference, as every executor (ProcessPoolExecutor, BatchExecutor) requires.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 from osgeo import gdal
 
 from . import gdal_io, mosaic
-from .apply import BlockFailedError, Input, Output, apply
+from .applier import BlockFailedError, Input, Output, apply
 from .tiling import TERRAIN_HALO
 
 #: Default core tile size. Large enough that per-tile overhead (a task round trip, opening the
@@ -109,7 +109,7 @@ def _gpu_kernel(operation: str) -> Callable:
 
 @dataclass
 class TiledRunSummary:
-    """What run_tiled did, and where the time went (see gpu.apply.ApplySummary)."""
+    """What run_tiled did, and where the time went (see gpu.applier.ApplySummary)."""
 
     dst: str
     operation: str

@@ -19,7 +19,7 @@ import pytest
 from osgeo import gdal, osr
 
 from gpu import gdal_io
-from gpu.apply import (
+from gpu.applier import (
     Block,
     BlockFailedError,
     BlockOutputError,
@@ -292,7 +292,7 @@ def test_bad_arguments_are_errors_before_anything_runs(tmp_path):
             apply(ex, ndvi_focal, {"a": Input(a, halo=-1)}, o)
         with pytest.raises(ValueError, match="must end in .vrt"):
             apply(ex, ndvi_focal, {"a": a}, {"o": Output(str(tmp_path / "o.png"))})
-        with pytest.raises(TypeError, match="must be a gpu.apply.Output"):
+        with pytest.raises(TypeError, match="must be a gpu.applier.Output"):
             apply(ex, ndvi_focal, {"a": a}, {"o": str(tmp_path / "o.vrt")})
         with pytest.raises(ValueError, match="at least one input"):
             apply(ex, ndvi_focal, {}, o)

@@ -413,7 +413,7 @@ def apply(
     ins = {name: _input(name, spec) for name, spec in inputs.items()}
     for name, spec in outputs.items():
         if not isinstance(spec, Output):
-            raise TypeError(f"output {name!r} must be a gpu.apply.Output, got {spec!r}")
+            raise TypeError(f"output {name!r} must be a gpu.applier.Output, got {spec!r}")
     layouts = {name: mosaic.layout_for(spec.path) for name, spec in outputs.items()}
     with gdal_io.s3_config(endpoint_url):
         infos = {name: _info(name, inp) for name, inp in ins.items()}
@@ -497,7 +497,7 @@ def _input(name: str, spec: Input | str) -> Input:
     if isinstance(spec, (str, os.PathLike)):
         spec = Input(os.fspath(spec))
     if not isinstance(spec, Input):
-        raise TypeError(f"input {name!r} must be a path or a gpu.apply.Input, got {spec!r}")
+        raise TypeError(f"input {name!r} must be a path or a gpu.applier.Input, got {spec!r}")
     if not isinstance(spec.halo, int) or spec.halo < 0:
         raise ValueError(f"input {name!r}: halo must be an int >= 0, got {spec.halo!r}")
     path = spec.path if gdal_io.is_virtual(spec.path) else os.path.abspath(spec.path)
