@@ -13,6 +13,7 @@ Paths are GDAL paths: a local file name or a virtual one such as `/vsis3/bucket/
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import uuid
@@ -115,7 +116,7 @@ class DatasetInfo:
     width: int
     height: int
     geotransform: tuple[float, ...]
-    projection: str
+    projection: str | None  # WKT; None when not read (see dataset_info)
     data_types: tuple[int, ...]  # gdal.GDT_* per band
     nodata: tuple[float | None, ...]  # per band
 
@@ -124,17 +125,32 @@ class DatasetInfo:
         return len(self.data_types)
 
 
-def dataset_info(path: str) -> DatasetInfo:
-    """Grid and per-band type/nodata of a raster (a header read: no pixels)."""
+def dataset_info(path: str, projection: bool = True) -> DatasetInfo:
+    """Grid and per-band type/nodata of a raster (a header read: no pixels).
+
+    projection=False leaves it None: the first CRS a process reads initialises PROJ (its
+    database; 35-40 ms here), which a caller that only coordinates can leave to workers.
+    """
     ds = gdal.Open(path)
     try:
         bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
         return DatasetInfo(
             path=path, width=ds.RasterXSize, height=ds.RasterYSize,
-            geotransform=tuple(ds.GetGeoTransform()), projection=ds.GetProjection(),
+            geotransform=tuple(ds.GetGeoTransform()),
+            projection=ds.GetProjection() if projection else None,
             data_types=tuple(b.DataType for b in bands),
             nodata=tuple(b.GetNoDataValue() for b in bands),
         )
+    finally:
+        ds = None
+
+
+@functools.lru_cache(maxsize=16)
+def projection_of(path: str) -> str:
+    """The WKT of a raster's CRS ('' if none), read once per process and path."""
+    ds = gdal.Open(path)
+    try:
+        return ds.GetProjection()
     finally:
         ds = None
 

@@ -1,13 +1,13 @@
 """The output layout of the tiled apply: COG tiles, a VRT mosaic over them, an optional COG.
 
     <name>.vrt               the mosaic: one raster for GDAL, QGIS, rasterio (written last,
-                             by the client, from what it already knows: no pixel is read)
+                             by a worker task, from the run's metadata: no tile is opened)
     <name>.tiles/r0000_c0000.tif, ...   one Cloud Optimized GeoTIFF per block (by workers)
     <name>.tif               optional: one COG assembled from the mosaic by a worker task
 
 Why a hand-written VRT and not gdal.BuildVRT: BuildVRT opens every tile to learn its size,
-type and georeferencing (on S3 a request per tile, made by the client), while the client
-already knows all of it: the block grid, the output's type, bands and nodata. Each source is
+type and georeferencing (on S3 a request per tile), while the run already knows all of it:
+the block grid, the output's type, bands and nodata, the CRS. Each source is
 a SimpleSource with its SourceProperties, so readers do not open a tile until they need its
 pixels. Source paths are relative to the VRT, so the whole output can be moved or copied
 (locally or between buckets) as it is.
@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from xml.etree import ElementTree as ET
+from xml.sax.saxutils import escape
 
 from osgeo import gdal, osr
 
@@ -86,42 +86,46 @@ class MosaicSource:
     window: Window  # where the tile lies in the mosaic
 
 
-def vrt_xml(layout: Layout, *, width: int, height: int, geotransform: Sequence[float] | None,
-            projection: str, data_type: int, bands: int, nodata: float | None,
-            sources: Sequence[MosaicSource], block_size: int = 512) -> bytes:
-    """The VRT document of a mosaic of COG tiles, from metadata only."""
-    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+def vrt_xml(vrt: str, tiles: str, *, width: int, height: int,
+            geotransform: Sequence[float] | None, projection: str, data_type: int, bands: int,
+            nodata: float | None, sources: Sequence[MosaicSource],
+            block_size: int = 512) -> bytes:
+    """The VRT document of a mosaic of COG tiles, from metadata only.
+
+    Formatted as text rather than built with ElementTree: a 32768 x 32768 mosaic has 1024
+    sources per band, and the tree cost ~10x more than the strings.
+    """
+    lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
     if projection:
         srs = osr.SpatialReference()
         srs.ImportFromWkt(projection)
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         mapping = ",".join(str(i) for i in srs.GetDataAxisToSRSAxisMapping())
-        ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping=mapping).text = projection
+        lines.append(f'  <SRS dataAxisToSRSAxisMapping="{mapping}">{escape(projection)}</SRS>')
     if geotransform is not None:
-        ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v))
-                                                             for v in geotransform)
+        gt = ", ".join(repr(float(v)) for v in geotransform)
+        lines.append(f"  <GeoTransform>{gt}</GeoTransform>")
     type_name = gdal.GetDataTypeName(data_type)
-    tiles_rel = _relative(layout.tiles, layout.vrt)
+    tiles_rel = escape(_relative(tiles, vrt))
     for band in range(1, bands + 1):
-        b = ET.SubElement(root, "VRTRasterBand", dataType=type_name, band=str(band))
+        lines.append(f'  <VRTRasterBand dataType="{type_name}" band="{band}">')
         if nodata is not None:
-            ET.SubElement(b, "NoDataValue").text = repr(float(nodata))
+            lines.append(f"    <NoDataValue>{float(nodata)!r}</NoDataValue>")
         for src in sources:
             w = src.window
-            s = ET.SubElement(b, "SimpleSource")
-            ET.SubElement(s, "SourceFilename", relativeToVRT="1").text = (
-                f"{tiles_rel}/{src.name}.tif")
-            ET.SubElement(s, "SourceBand").text = str(band)
-            ET.SubElement(s, "SourceProperties", RasterXSize=str(w.xsize),
-                          RasterYSize=str(w.ysize), DataType=type_name,
-                          BlockXSize=str(min(block_size, w.xsize)),
-                          BlockYSize=str(min(block_size, w.ysize)))
-            ET.SubElement(s, "SrcRect", xOff="0", yOff="0", xSize=str(w.xsize),
-                          ySize=str(w.ysize))
-            ET.SubElement(s, "DstRect", xOff=str(w.xoff), yOff=str(w.yoff), xSize=str(w.xsize),
-                          ySize=str(w.ysize))
-    ET.indent(root)
-    return ET.tostring(root, encoding="utf-8") + b"\n"
+            bx, by = min(block_size, w.xsize), min(block_size, w.ysize)
+            lines.append(
+                f'    <SimpleSource>'
+                f'<SourceFilename relativeToVRT="1">{tiles_rel}/{escape(src.name)}.tif'
+                f'</SourceFilename><SourceBand>{band}</SourceBand>'
+                f'<SourceProperties RasterXSize="{w.xsize}" RasterYSize="{w.ysize}" '
+                f'DataType="{type_name}" BlockXSize="{bx}" BlockYSize="{by}"/>'
+                f'<SrcRect xOff="0" yOff="0" xSize="{w.xsize}" ySize="{w.ysize}"/>'
+                f'<DstRect xOff="{w.xoff}" yOff="{w.yoff}" xSize="{w.xsize}" '
+                f'ySize="{w.ysize}"/></SimpleSource>')
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>\n")
+    return "\n".join(lines).encode("utf-8")
 
 
 def _relative(tiles: str, vrt: str) -> str:

@@ -298,6 +298,10 @@ def test_bad_arguments_are_errors_before_anything_runs(tmp_path):
             apply(ex, ndvi_focal, {}, o)
         with pytest.raises(RuntimeError):  # GDAL: no such file
             apply(ex, ndvi_focal, {"a": str(tmp_path / "missing.tif")}, o)
+        import threading
+
+        with pytest.raises(TypeError, match="cannot pickle the function or its kwargs"):
+            apply(ex, ndvi_focal, {"a": a}, o, kwargs={"lock": threading.Lock()})
     assert sorted(os.listdir(tmp_path)) == ["a.tif"]
 
 
