@@ -170,6 +170,19 @@ def fails_on_one_block(arrays, block, outputs=()):
     return {name: a for name in outputs} if outputs else a
 
 
+def dies_on_one_block(arrays, block):
+    if block.index == 3:
+        os._exit(7)  # a worker process killed mid-task (OOM killer, segfault in a library)
+    return arrays["a"][0]
+
+
+def slow(arrays, block):
+    import time
+
+    time.sleep(0.2)
+    return arrays["a"][0]
+
+
 def wrong_shape(arrays, block):
     return arrays["a"][0][:-1]
 
@@ -329,6 +342,34 @@ def test_a_failing_block_names_it_and_leaves_no_output(tmp_path, pool):
     assert "core x 40:41" in str(info.value)
     assert isinstance(info.value.__cause__, ZeroDivisionError)
     assert sorted(os.listdir(tmp_path)) == ["a.tif"]  # no mosaic, tiles or scratch
+
+
+def test_a_worker_that_dies_fails_the_run_cleanly(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    a = _raster(tmp_path / "a.tif", _field(1, np.float32, 1))
+    with ProcessPoolExecutor(2) as ex, pytest.raises(BlockFailedError) as info:
+        apply(ex, dies_on_one_block, {"a": a}, {"o": Output(str(tmp_path / "o.vrt"))},
+              block_size=10, progress=False)
+    assert isinstance(info.value.__cause__, BrokenProcessPool)
+    assert sorted(os.listdir(tmp_path)) == ["a.tif"]
+
+
+def test_ctrl_c_stops_the_run_and_removes_its_output(tmp_path):
+    import signal
+    import threading
+
+    a = _raster(tmp_path / "a.tif", _field(1, np.float32, 1))
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    with ThreadPoolExecutor(2) as ex:
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                apply(ex, slow, {"a": a}, {"o": Output(str(tmp_path / "o.vrt"))},
+                      block_size=8, progress=False)  # 30 blocks of 0.2 s on 2 threads
+        finally:
+            timer.cancel()
+    assert sorted(os.listdir(tmp_path)) == ["a.tif"]  # cancelled blocks never ran
 
 
 def test_outputs_that_do_not_fit_are_explained(tmp_path):
