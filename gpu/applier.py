@@ -399,9 +399,9 @@ def apply(
     arrays: {input name: (bands, rows, cols) array of that input's read window}; block: a
     Block (core and read windows, geotransforms, nodata). The function returns one array
     (one output) or {output name: array}, each (bands, rows, cols) or (rows, cols) for one
-    band, shaped as the core or as the padded window. Workers write each output's tiles and
-    the client writes its VRT mosaic (gpu.mosaic); `.tif` outputs are then assembled into one
-    COG by a worker task. Inputs must share one grid (else RasterAlignmentError, which says
+    band, shaped as the core or as the padded window. Workers write each output's COG tiles,
+    then a worker task its VRT mosaic (gpu.mosaic); `.tif` outputs are then assembled into
+    one COG by a worker task. The client reads and writes no pixel. Inputs must share one grid (else RasterAlignmentError, which says
     how to align them); paths are GDAL paths the workers can read and write (local when they
     share this filesystem, /vsis3/ otherwise).
 
