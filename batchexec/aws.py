@@ -70,16 +70,31 @@ class AwsClients:
     _clients: dict = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
+    emulated: bool = False
+
     @classmethod
     def resolve(cls, region: str | None = None, endpoint_url: str | None = None, **kw):
         endpoint = resolve_endpoint(endpoint_url)
         return cls(region=resolve_region(region, endpoint), endpoint_url=endpoint, **kw)
 
+    @classmethod
+    def for_emulator(cls, region: str | None, endpoint_url: str):
+        """Clients of the embedded emulator: dummy credentials, whatever AWS_PROFILE or
+        ~/.aws say (the offline default must not depend on the user's AWS configuration)."""
+        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return cls(region=region or "us-east-1", endpoint_url=endpoint_url, emulated=True)
+
     def __post_init__(self) -> None:
         kwargs = {"region_name": self.region}
-        if self.endpoint_url and not _has_credentials():
+        if self.emulated:
             kwargs.update(_DUMMY_CREDENTIALS)
-        self._session = boto3.session.Session(**kwargs)
+            kwargs["botocore_session"] = _profile_free_botocore_session()
+        elif self.endpoint_url and not _has_credentials():
+            kwargs.update(_DUMMY_CREDENTIALS)
+        try:
+            self._session = boto3.session.Session(**kwargs)
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise _profile_error(exc) from None
 
     def client(self, service: str):
         with self._lock:
@@ -109,7 +124,18 @@ class AwsClients:
             config=self.config(retries={"mode": "standard", "total_max_attempts": 2}),
         )
         with connection_errors_explained(self.endpoint_url):
-            sqs.list_queues(MaxResults=1)
+            try:
+                sqs.list_queues(MaxResults=1)
+            except botocore.exceptions.ClientError as exc:
+                if self.endpoint_url and not _is_aws_error(exc):
+                    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                    raise ConfigurationError(
+                        f"{self.endpoint_url} answered, but not as an AWS-compatible endpoint "
+                        f"(HTTP {status} to an SQS ListQueues call): point endpoint_url / "
+                        f"AWS_ENDPOINT_URL at `batchexec local` or another AWS emulator, or "
+                        f"unset it to use AWS"
+                    ) from None
+                raise
 
     def worker_environment(self) -> dict[str, str]:
         """What a worker needs to reach the same endpoint in the same region."""
@@ -139,7 +165,41 @@ def connection_errors_explained(endpoint_url: str | None):
 
 
 def _has_credentials() -> bool:
-    return boto3.session.Session().get_credentials() is not None
+    try:
+        return boto3.session.Session().get_credentials() is not None
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise _profile_error(exc) from None
+
+
+def _profile_error(exc: Exception) -> ConfigurationError:
+    return ConfigurationError(
+        f"{exc}: AWS_PROFILE (or profile=) names a profile that ~/.aws/config does not have; "
+        f"fix or unset AWS_PROFILE (the embedded emulator needs no profile)"
+    )
+
+
+def _profile_free_botocore_session():
+    """A botocore session that ignores AWS_PROFILE and the user's config files."""
+    import botocore.session
+
+    session = botocore.session.Session()
+    session.set_config_variable("profile", "default")  # instance variables beat AWS_PROFILE
+    session._config = {"profiles": {"default": {}}}  # ... and ~/.aws/config is not read
+    return session
+
+
+#: Error codes that prove an AWS-compatible service answered (an XML/JSON error body).
+_AWS_LIKE = ("AccessDenied", "InvalidClientTokenId", "SignatureDoesNotMatch", "Throttling",
+             "UnrecognizedClientException", "MissingAuthenticationToken", "InvalidAction")
+
+
+def _is_aws_error(exc: botocore.exceptions.ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    message = str(error.get("Message", ""))
+    if "<html" in message.lower() or "<!doctype" in message.lower():
+        return False
+    return bool(code) and not code.isdigit() or code in _AWS_LIKE
 
 
 def error_code(exc: BaseException) -> str:

@@ -1,9 +1,15 @@
 """The `batchexec` command line (also `python -m batchexec`).
 
-    batchexec local [--port N] [--host H]     the embedded emulator, until interrupted
+    batchexec local [--port N] [--host H] [--containers [--engine E] [--image I]]
+                    [--enforce-iam CREDENTIALS_FILE]
+                                              the embedded emulator, until interrupted
     batchexec stack deploy|update|delete|status|outputs [--name N] [--wait] [--parameter K=V]
                     [--region R] [--endpoint-url URL]
     batchexec worker                          a worker's entry point (the job's container command)
+    batchexec worker --self-check [--python X.Y] [--require-gpu] [--no-icd]
+                                              can this environment run workers? (no session needed)
+    batchexec gc [--older-than DURATION] [--dry-run] [--name N]
+                                              remove the queues and payloads of vanished sessions
 
 Errors batchexec raises itself (BatchExecError) are one line on stderr and exit status 2,
 never a traceback: they are the user's to fix and each says how. Heavy imports (moto,
@@ -50,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--exit-with-parent", action="store_true", help="stop when the parent process dies"
     )
+    local.add_argument(
+        "--containers", action="store_true",
+        help="run jobs as containers of their job definition's image (docker or podman)",
+    )  # fmt: skip
+    local.add_argument("--engine", help="with --containers: docker, podman, or a path")
+    local.add_argument(
+        "--image", help="with --containers: run every job in this local image instead"
+    )
+    local.add_argument(
+        "--enforce-iam", metavar="CREDENTIALS_FILE",
+        help="check every request against IAM (as AWS does); an admin user's keys are "
+             "written to this file (JSON) for the client",
+    )  # fmt: skip
     local.set_defaults(handler=_cmd_local)
 
     stack = sub.add_parser("stack", help="deploy or inspect the CloudFormation stack")
@@ -68,17 +87,57 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--endpoint-url", help="AWS endpoint, e.g. of `batchexec local`")
     stack.set_defaults(handler=_cmd_stack)
 
+    gc = sub.add_parser(
+        "gc", help="remove the queues and payloads of sessions whose client is gone"
+    )
+    gc.add_argument(
+        "--name",
+        default=os.environ.get("BATCHEXEC_STACK") or DEFAULT_STACK,
+        help="stack name (default: $BATCHEXEC_STACK or batchexec)",
+    )
+    gc.add_argument(
+        "--older-than", default="24h", metavar="DURATION",
+        help="a session is gone when its last heartbeat (or, without one, its creation) is "
+             "older than this: 90m, 24h, 2d (default 24h, at least 15m)",
+    )  # fmt: skip
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    gc.add_argument("--region", help="AWS region (default: $AWS_REGION)")
+    gc.add_argument("--endpoint-url", help="AWS endpoint, e.g. of `batchexec local`")
+    gc.set_defaults(handler=_cmd_gc)
+
     worker = sub.add_parser("worker", help="run a worker (the Batch job's container command)")
+    worker.add_argument(
+        "--self-check", action="store_true",
+        help="check this environment (Python, imports, OpenCL ICD and platforms) and exit",
+    )  # fmt: skip
+    worker.add_argument(
+        "--python", metavar="X.Y",
+        help="with --self-check: the client's Python version (default $BATCHEXEC_CLIENT_PYTHON)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--require-gpu", action="store_true", help="with --self-check: fail without a GPU device"
+    )
+    worker.add_argument(
+        "--no-icd", action="store_true",
+        help="with --self-check: do not require the NVIDIA OpenCL ICD file (outside the image)",
+    )  # fmt: skip
     worker.set_defaults(handler=_cmd_worker)
     return parser
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
+    from .emulator.embedded import require_emulator_extra
+
+    require_emulator_extra()
     from .emulator.server import serve
 
+    if (args.engine or args.image) and not args.containers:
+        raise _CliError("--engine and --image go with --containers")
     try:
         status = serve(args.host, args.port, log_requests=args.log_requests,
-                       exit_with_parent=args.exit_with_parent)  # fmt: skip
+                       exit_with_parent=args.exit_with_parent, containers=args.containers,
+                       engine=args.engine, image=args.image,
+                       credentials_file=args.enforce_iam)  # fmt: skip
     except OSError as exc:  # port in use, address not available
         raise _CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     # The server has stopped and killed its jobs; tearing down moto's hundreds of modules
@@ -114,7 +173,34 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from . import gc
+    from .aws import AwsClients
+    from .stack import describe_stack
+
+    older_than = gc.parse_duration(args.older_than)
+    if older_than < gc.MIN_OLDER_THAN_SECONDS:
+        raise _CliError(
+            f"--older-than {args.older_than} is shorter than three client heartbeats "
+            f"({gc.MIN_OLDER_THAN_SECONDS // 60} min): a live session could be removed"
+        )
+    clients = AwsClients.resolve(region=args.region, endpoint_url=args.endpoint_url)
+    if clients.endpoint_url:
+        clients.check_reachable()
+    report = gc.collect(clients, describe_stack(clients, args.name), older_than,
+                        dry_run=args.dry_run)  # fmt: skip
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.self_check:
+        from .selfcheck import main as self_check
+
+        return self_check(args.python, require_gpu=args.require_gpu, require_icd=not args.no_icd)
+    if args.python or args.require_gpu or args.no_icd:
+        raise _CliError("--python, --require-gpu and --no-icd go with --self-check")
     from batchexec.worker import main
 
     return main()

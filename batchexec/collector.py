@@ -1,36 +1,55 @@
 """Threads that resolve futures: the result collector and the dead-letter watcher.
 
-Both poll only while some task is outstanding, so an idle executor makes no requests, and
-both claim a task through TaskTable.resolve, which hands each task id out once: a result
+Both claim a task through TaskTable.resolve, which hands each task id out once: a result
 delivered twice (a worker died after sending it, and the task ran again) is ignored.
+
+The collector long-polls the result queue only while tasks are outstanding, so an idle executor
+makes no requests. It also deletes payloads that are no longer needed (a resolved task's
+arguments in S3, a result once read) and hands forwarded task output to the printer.
+
+The dead-letter watcher is a backstop: workers report the tasks they give up on through the
+result queue, so the dead-letter queue only receives messages whose workers died outright
+max_attempts times. It checks that queue every DEAD_LETTER_POLL_SECONDS while tasks are
+outstanding, waiting on an event in between, so shutdown stops it at once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
+from queue import Empty, SimpleQueue
 
 import botocore.exceptions
 
 from . import protocol
 from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
-from .protocol import ResultEntry, ResultMessage, TaskMessage, WorkerEvent
-from .serialization import loads
+from .output import OutputPrinter
+from .protocol import OutputMessage, ResultEntry, ResultMessage, TaskMessage, WorkerEvent
+from .serialization import digest, loads
 from .tasks import TaskTable
-from .threads import ServiceThread
+from .threads import ServiceThread, settle
 from .transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
 
 log = logging.getLogger(__name__)
+_futures_log = logging.getLogger("concurrent.futures")
 
 #: Consecutive failed polls (each already retried by botocore) before the executor gives up.
 MAX_POLL_FAILURES = 5
 #: A dead-lettered message of another live session is hidden from us this long: short, because
 #: its owner's watcher only sees it once it is visible again; long enough that we do not
 #: receive it over and over while the owner claims it.
-FOREIGN_HIDE_SECONDS = 2
+FOREIGN_HIDE_SECONDS = 10
 #: ... and of a session that has ended, this long (SQS's maximum, 12 hours): it stays in the
 #: queue for operators to inspect until its retention period ends.
 ENDED_HIDE_SECONDS = 43200
+#: How long "session X is alive" is believed: sessions end, and then their dead letters
+#: must be parked for 12 hours rather than re-hidden every few seconds for 14 days.
+ALIVE_CACHE_SECONDS = 60
+#: Seconds between checks of the dead-letter queue while tasks are outstanding (a backstop:
+#: see the module docstring). Each check is one short receive.
+DEAD_LETTER_POLL_SECONDS = 5
 
 BreakHandler = Callable[[BaseException], None]
 
@@ -51,12 +70,12 @@ class QueuePoller(ServiceThread):
 
     def serve(self) -> None:
         failures = 0
-        while self.table.wait_for_work():
+        while self.table.wait_for_work() and self.table.broken is None:
             try:
                 received = self.queue.receive()
             except TransportError as exc:
-                if self.table.closing:  # shut down mid-poll: the endpoint may be gone already
-                    return
+                if self.table.closing or self.table.broken is not None:
+                    return  # shut down mid-poll: the endpoint may be gone already
                 failures += 1
                 log.warning("polling %s failed (%d/%d): %s", self.queue, failures,
                             MAX_POLL_FAILURES, exc)
@@ -67,6 +86,7 @@ class QueuePoller(ServiceThread):
             failures = 0
             if received:
                 self.handle(received)
+            del received  # message bodies hold pickled results: keep none of them
 
     def handle(self, received: list[Received]) -> None:
         raise NotImplementedError
@@ -80,61 +100,157 @@ class ResultCollector(QueuePoller):
         store: PayloadStore,
         session: str,
         on_broken: BreakHandler,
+        printer: OutputPrinter | None = None,
+        dead_letters: MessageQueue | None = None,
     ):
         super().__init__("batchexec-collector", table, queue, on_broken)
         self.store = store
         self.session = session
+        self.dead_letters = dead_letters
+        self.printer = printer or OutputPrinter()
+        self._garbage: list[str] = []  # S3 payloads to delete after this batch
+        self.janitor = Janitor(queue, store, on_broken)
 
     def handle(self, received: list[Received]) -> None:
         for message in received:
             self._handle(message)
-        try:
-            self.queue.delete(m.receipt for m in received)
-        except TransportError as exc:  # they will be seen again and ignored as duplicates
-            log.warning("deleting result messages failed: %s", exc)
+        # Deleting is off the critical path: the next poll starts at once.
+        self.janitor.discard([m.receipt for m in received], self._garbage)
+        self._garbage = []
 
     def _handle(self, message: Received) -> None:
+        if not message.authentic:
+            self._reject(message)
+            return
         try:
             msg = protocol.decode(message.body)
         except protocol.ProtocolError as exc:
-            log.warning("ignoring an unreadable message on the result queue: %s", exc)
+            version = message.attributes.get(protocol.VERSION_ATTRIBUTE)
+            if version is not None and version != str(protocol.PROTOCOL_VERSION):
+                self.on_broken(protocol.ProtocolError(
+                    f"a worker speaks batchexec protocol version {version}, this client "
+                    f"version {protocol.PROTOCOL_VERSION}: install the same batchexec version "
+                    f"on the client and in the worker image"
+                ))
+            else:
+                log.warning("ignoring an unreadable message on the result queue: %s", exc)
             return
         if msg.session != self.session:
             log.warning("ignoring a message of session %s on our result queue", msg.session)
         elif isinstance(msg, ResultMessage):
             for entry in msg.results:
                 self._resolve(entry)
-        elif isinstance(msg, WorkerEvent) and msg.event == WorkerEvent.INITIALIZER_FAILED:
+        elif isinstance(msg, OutputMessage):
+            self.printer.print(msg)
+        elif isinstance(msg, WorkerEvent):
+            self._worker_event(msg)
+
+    def _reject(self, message: Received) -> None:
+        """A message that nobody with the session's key wrote: never decoded or unpickled.
+        It goes to the dead-letter queue for inspection (deleted here with the batch)."""
+        log.error("a message on %s failed authentication (forged, or tampered with): moved "
+                  "to the dead-letter queue without reading it", self.queue)
+        if self.dead_letters is not None:
+            try:
+                self.dead_letters.send_each([message.body], self.session,
+                                            rejected="unauthenticated result message")
+            except TransportError as exc:
+                log.warning("could not dead-letter it: %s", exc)
+
+    def _worker_event(self, msg: WorkerEvent) -> None:
+        if msg.event == WorkerEvent.INITIALIZER_FAILED:
             cause = None
             if msg.error is not None:
                 try:
                     cause = loads(msg.error, "initializer's exception").rebuild()
                 except SerializationError as exc:
                     cause = exc
+            # As the standard executors do: logged at CRITICAL on "concurrent.futures", with
+            # the (remote) traceback.
+            _futures_log.critical("Exception in initializer (batchexec worker %s):",
+                                  msg.worker, exc_info=cause)
             error = WorkersUnavailableError(
                 f"the initializer raised in worker {msg.worker}: "
                 f"{type(cause).__name__}: {cause}; no task can run (see the cause above)"
             )
             error.__cause__ = cause
             self.on_broken(error)
+        elif msg.event in (WorkerEvent.VERSION_MISMATCH, WorkerEvent.PROTOCOL_MISMATCH):
+            detail = msg.message or msg.event
+            error_type = (protocol.ProtocolError if msg.event == WorkerEvent.PROTOCOL_MISMATCH
+                          else WorkersUnavailableError)
+            self.on_broken(error_type(f"worker {msg.worker} cannot serve this client: {detail}"))
+        else:
+            log.debug("worker %s: %s", msg.worker, msg.event)
 
     def _resolve(self, entry: ResultEntry) -> None:
+        if entry.ref:
+            self._garbage.append(entry.ref)  # read below, or a duplicate's: either way done
         record = self.table.resolve(entry.task_id, entry.seconds)
         if record is None:
             return  # a duplicate: the task was already resolved
+        self._garbage.extend(record.garbage)
         try:
             data = self.store.get(entry.ref) if entry.ref else entry.data
+            if entry.ref and digest(data) != entry.sha:
+                raise SerializationError(
+                    f"the result of task {entry.task_id} ({record.label}) at "
+                    f"s3://{self.store.bucket}/{entry.ref} does not match the digest its worker "
+                    f"sent: it was changed after the worker wrote it, so it is not unpickled"
+                )
             value = loads(data, f"result of task {entry.task_id} ({record.label})")
         except (SerializationError, TransportError) as exc:
-            record.future.set_exception(exc)
+            settle(record.future, error=exc)
             return
         if entry.ok:
-            record.future.set_result(value)
+            settle(record.future, result=value)
         else:
-            record.future.set_exception(value.rebuild())
+            settle(record.future, error=value.rebuild())
 
 
-class DeadLetterWatcher(QueuePoller):
+class Janitor(ServiceThread):
+    """Deletes what the collector is done with (result messages, S3 payloads) in the
+    background, coalescing batches: a delete on the collector's own path would add a request's
+    time to the round trip of the next result. A failed delete is harmless (a result message
+    seen again is a duplicate, ignored; payloads go with the session's prefix at shutdown)."""
+
+    def __init__(self, queue: MessageQueue, store: PayloadStore, on_broken: BreakHandler):
+        super().__init__("batchexec-janitor", on_broken)
+        self.queue = queue
+        self.store = store
+        self._work: SimpleQueue = SimpleQueue()
+
+    def discard(self, receipts: list[str], keys: list[str]) -> None:
+        if receipts or keys:
+            self._work.put((receipts, keys))
+
+    def stop(self) -> None:
+        self._work.put(None)
+
+    def serve(self) -> None:
+        while True:
+            item = self._work.get()
+            receipts, keys, stopping = [], [], item is None
+            while item is not None:
+                receipts += item[0]
+                keys += item[1]
+                try:
+                    item = self._work.get_nowait()
+                except Empty:
+                    break
+                stopping = stopping or item is None
+            try:
+                if receipts:
+                    self.queue.delete(receipts)
+                if keys:
+                    self.store.delete(keys)
+            except TransportError as exc:
+                log.debug("cleaning up after results failed (harmless): %s", exc)
+            if stopping:
+                return
+
+
+class DeadLetterWatcher(ServiceThread):
     """Fails the futures of this session's tasks that reached the stack's dead-letter queue."""
 
     def __init__(
@@ -145,45 +261,73 @@ class DeadLetterWatcher(QueuePoller):
         max_attempts: int,
         session_alive: Callable[[str], bool],
         on_broken: BreakHandler,
+        interval: float = DEAD_LETTER_POLL_SECONDS,
     ):
-        super().__init__("batchexec-dead-letters", table, queue, on_broken)
+        super().__init__("batchexec-dead-letters", on_broken)
+        self.table = table
+        self.queue = queue
         self.session = session
         self.max_attempts = max_attempts
         self.session_alive = session_alive
-        self._alive_cache: dict[str, bool] = {}
+        self.interval = interval
+        self._stopping = threading.Event()
+        self._alive_cache: dict[str, tuple[bool, float]] = {}
 
-    def handle(self, received: list[Received]) -> None:
-        for message in received:
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def serve(self) -> None:
+        failures = 0
+        while not self._stopping.wait(self.interval):
+            if not self.table.outstanding() or self.table.broken is not None:
+                continue
             try:
-                self._handle(message)
-            except (TransportError, botocore.exceptions.ClientError,
-                    botocore.exceptions.BotoCoreError) as exc:
-                log.warning("handling a dead-lettered message failed: %s", exc)
+                received = self.queue.receive(wait=0)
+            except TransportError as exc:
+                failures += 1
+                if self._stopping.is_set():
+                    return
+                log.warning("polling %s failed (%d/%d): %s", self.queue, failures,
+                            MAX_POLL_FAILURES, exc)
+                if failures >= MAX_POLL_FAILURES:
+                    self.on_broken(WorkersUnavailableError(f"cannot poll {self.queue}: {exc}"))
+                    return
+                continue
+            failures = 0
+            for message in received:
+                try:
+                    self._handle(message)
+                except (TransportError, botocore.exceptions.ClientError,
+                        botocore.exceptions.BotoCoreError) as exc:
+                    log.warning("handling a dead-lettered message failed: %s", exc)
+            del received
 
     def _handle(self, message: Received) -> None:
         owner = message.attributes.get(protocol.SESSION_ATTRIBUTE)
         msg = None
-        try:
-            msg = protocol.decode(message.body)
-            owner = msg.session
-        except protocol.ProtocolError:
-            pass
-        if owner != self.session or not isinstance(msg, TaskMessage):
-            self._release(message, owner)
+        if message.authentic:  # JSON only: nothing here is ever unpickled
+            try:
+                msg = protocol.decode(message.body)
+                owner = msg.session
+            except protocol.ProtocolError:
+                pass
+        if owner != self.session or not isinstance(msg, TaskMessage) or not message.authentic:
+            self._release(message, owner if message.authentic else None)
             return
         for task in msg.tasks:
             record = self.table.resolve(task.task_id)
             if record is not None:
-                record.future.set_exception(
-                    TaskDeadLetteredError(task.task_id, self.max_attempts, record.label)
-                )
+                settle(record.future, error=TaskDeadLetteredError(
+                    task.task_id, self.max_attempts, record.label))
         self.queue.delete([message.receipt])
 
+    def _alive(self, owner: str) -> bool:
+        now = time.monotonic()
+        cached = self._alive_cache.get(owner)
+        if cached is None or now - cached[1] > ALIVE_CACHE_SECONDS:
+            cached = self._alive_cache[owner] = (self.session_alive(owner), now)
+        return cached[0]
+
     def _release(self, message: Received, owner: str | None) -> None:
-        if owner is None:
-            alive = False
-        else:
-            if owner not in self._alive_cache:
-                self._alive_cache[owner] = self.session_alive(owner)
-            alive = self._alive_cache[owner]
+        alive = owner is not None and self._alive(owner)
         self.queue.extend(message.receipt, FOREIGN_HIDE_SECONDS if alive else ENDED_HIDE_SECONDS)

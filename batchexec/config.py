@@ -39,6 +39,28 @@ DEFAULT_MONITOR_INTERVAL = 5.0
 #: instance type with no capacity would otherwise leave jobs RUNNABLE forever).
 DEFAULT_START_TIMEOUT = 900.0
 
+#: Longest a task may run. SQS keeps a received message invisible for at most 12 hours from
+#: its receipt, so a task that could run longer would be handed to a second worker while the
+#: first still ran it. Past this the worker stops the task and fails it (TaskTimeoutError).
+DEFAULT_MAX_TASK_SECONDS = 41400  # 11.5 hours
+#: SQS's ceiling on a message's invisibility, counted from its receipt (seconds).
+SQS_MAX_VISIBILITY = 12 * 3600
+#: The stack's Batch job timeout (templates: JobTimeoutSeconds). A worker older than
+#: job_timeout - max_task_seconds takes no new task, so Batch never kills one mid-run.
+DEFAULT_JOB_TIMEOUT = 86400
+#: Bytes of stdout/stderr forwarded to the client per task (0: none); the rest stays in the
+#: worker's log. Bounded so a chatty task cannot flood the result queue.
+DEFAULT_OUTPUT_LIMIT = 64 * KiB
+#: Upper bound on output_limit: output travels in SQS messages of at most 256 KiB each.
+MAX_OUTPUT_LIMIT = 16 * MiB
+#: Tasks in flight per worker offered to clients that size their own concurrency from the
+#: executor (dask reads ``_max_workers``): a round trip through SQS takes tens of ms, so tiny
+#: tasks need many in flight to keep workers busy, and then they pack several to a message.
+#: Measured on a dask.delayed graph of 4,000 tiny tasks (bench/bench_dask.py): 16 -> 12 s,
+#: 64 -> 5 s, 128 -> 3-5 s, 256 -> 2.3 s, against 1 s on ProcessPoolExecutor(2); 128 keeps
+#: the graph within 5x while a cancelled graph leaves little queued.
+DEFAULT_TASKS_PER_WORKER_HINT = 128
+
 #: Environment variable of each SessionSettings field, as the worker reads it.
 ENV_PREFIX = "BATCHEXEC_"
 
@@ -58,6 +80,50 @@ class SessionSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     inline_limit: int = DEFAULT_INLINE_LIMIT
     initializer_key: str = ""
+    #: See DEFAULT_MAX_TASK_SECONDS / DEFAULT_JOB_TIMEOUT / DEFAULT_OUTPUT_LIMIT.
+    max_task_seconds: float = DEFAULT_MAX_TASK_SECONDS
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    #: The client's Python (major.minor) and cloudpickle versions; empty: not checked. A
+    #: worker whose own differ reports "version_mismatch" and runs nothing.
+    client_python: str = ""
+    client_cloudpickle: str = ""
+    #: The client's main script, as multiprocessing's spawn sees it: its absolute path, the S3
+    #: key (full, like initializer_key) of a copy of its source, and protocol.script_digest
+    #: of that source. Empty when the client has no script (interactive, -c).
+    main_path: str = ""
+    main_key: str = ""
+    main_digest: str = ""
+    #: Digest of the pickled initializer at initializer_key: checked before it is unpickled.
+    initializer_digest: str = ""
+    #: The session's HMAC key (hex): every message is signed with it and checked before it is
+    #: decoded. It reaches workers only through their job's environment (never S3 or a
+    #: queue), which another session's task code cannot read.
+    session_key: str = ""
+
+    def __post_init__(self):
+        if not 0 < self.max_task_seconds < SQS_MAX_VISIBILITY:
+            raise ConfigurationError(
+                f"max_task_seconds must be above 0 and below SQS's 12-hour limit "
+                f"({SQS_MAX_VISIBILITY} s), got {self.max_task_seconds!r}"
+            )
+        if not self.job_timeout > self.max_task_seconds:
+            raise ConfigurationError(
+                f"job_timeout ({self.job_timeout!r} s) must exceed max_task_seconds "
+                f"({self.max_task_seconds!r} s): a worker takes no task it could not finish "
+                f"before Batch's job timeout"
+            )
+        if not 0 <= self.output_limit <= MAX_OUTPUT_LIMIT:
+            raise ConfigurationError(
+                f"output_limit must be in [0, {MAX_OUTPUT_LIMIT}] bytes, got {self.output_limit!r}"
+            )
+
+    @property
+    def key(self) -> bytes | None:
+        return bytes.fromhex(self.session_key) if self.session_key else None
+
+    def __repr__(self) -> str:  # never print the key (logs, tracebacks)
+        return f"SessionSettings(session={self.session!r}, ...)"
 
     @staticmethod
     def env_name(field_name: str) -> str:
@@ -106,18 +172,38 @@ class ExecutorOptions:
     messages_per_worker: int = DEFAULT_MESSAGES_PER_WORKER
     monitor_interval: float = DEFAULT_MONITOR_INTERVAL
     start_timeout: float = DEFAULT_START_TIMEOUT
+    max_task_seconds: float = DEFAULT_MAX_TASK_SECONDS
+    forward_output: bool = True
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    tasks_per_worker_hint: int = DEFAULT_TASKS_PER_WORKER_HINT
 
     def __post_init__(self):
+        # (kind, low, high, why the bounds): checked here so that a value AWS would refuse
+        # fails when the executor is built, not deep inside a retry loop.
         checks = {
-            "visibility_timeout": (self.visibility_timeout, 1, 43200),
-            "max_attempts": (self.max_attempts, 1, 1000),
-            "worker_idle_timeout": (self.worker_idle_timeout, 1, 86400),
-            "inline_limit": (self.inline_limit, 0, 128 * KiB),
-            "max_payload_size": (self.max_payload_size, 1, 5 * 1024**4),
-            "messages_per_worker": (self.messages_per_worker, 1, 100),
-            "monitor_interval": (self.monitor_interval, 0.1, 3600),
-            "start_timeout": (self.start_timeout, 1, 7 * 86400),
+            "visibility_timeout": (int, 1, SQS_MAX_VISIBILITY, "SQS VisibilityTimeout, seconds"),
+            "max_attempts": (int, 1, 999, "the redrive policy's maxReceiveCount is at most "
+                                          "1000 and is max_attempts + 1"),
+            "worker_idle_timeout": (float, 1, 86400, "seconds"),
+            "inline_limit": (int, 0, 128 * KiB, "bytes; a message is at most 256 KiB"),
+            "max_payload_size": (int, 1, 5 * 1024**4, "bytes; an S3 object is at most 5 TiB"),
+            "messages_per_worker": (int, 1, 100, "task messages in flight per worker"),
+            "monitor_interval": (float, 0.1, 3600, "seconds"),
+            "start_timeout": (float, 1, 7 * 86400, "seconds"),
+            "max_task_seconds": (float, 1, DEFAULT_MAX_TASK_SECONDS,
+                                 "seconds; SQS hides a received message at most 12 hours"),
+            "output_limit": (int, 0, MAX_OUTPUT_LIMIT, "bytes of output per task"),
+            "tasks_per_worker_hint": (int, 1, 10_000, "tasks in flight per worker"),
         }
-        for name, (value, lo, hi) in checks.items():
-            if not isinstance(value, (int, float)) or not lo <= value <= hi:
-                raise ConfigurationError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
+        for name, (kind, lo, hi, why) in checks.items():
+            value = getattr(self, name)
+            ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
+            if isinstance(value, bool) or not ok_type or not lo <= value <= hi:
+                what = "an integer" if kind is int else "a number"
+                raise ConfigurationError(
+                    f"{name} must be {what} in [{lo}, {hi}] ({why}), got {value!r}"
+                )
+        if not isinstance(self.forward_output, bool):
+            raise ConfigurationError(
+                f"forward_output must be True or False, got {self.forward_output!r}"
+            )

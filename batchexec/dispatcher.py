@@ -3,7 +3,17 @@
 It waits on the task table for a message credit, takes packs of tasks, marks their futures
 running (a cancelled one is dropped here: cancel() works until this point), moves payloads
 above the inline limit to S3, and sends the messages in as few SendMessageBatch calls as SQS's
-limits allow. A failure to send fails exactly the futures of that message and nothing else.
+limits allow.
+
+What goes to S3, and how often:
+- a task's own arguments above the inline limit: once, under ``tasks/<id>``; the collector
+  deletes the object when the task is resolved;
+- a callable above the inline limit, and every large buffer pickled apart from arguments
+  (serialization.BLOB_THRESHOLD): once per session under ``blobs/<digest>``, whatever the
+  number of tasks that use it (a map's large callable is uploaded once, not once a task).
+
+A send that SQS partly refuses fails exactly the tasks of the refused entries: the accepted
+ones run and resolve as usual. Nothing here holds a task's data after it is sent.
 """
 
 from __future__ import annotations
@@ -13,11 +23,15 @@ from collections.abc import Callable
 
 from . import protocol
 from .protocol import TaskEntry, TaskMessage
+from .serialization import digest
 from .tasks import TaskTable, WorkItem
-from .threads import ServiceThread
+from .threads import ServiceThread, settle
 from .transport import MessageQueue, PayloadStore, TransportError
 
 log = logging.getLogger(__name__)
+
+#: The S3 "directory" of content-addressed objects under the session prefix.
+BLOB_PREFIX = "blobs/"
 
 
 class TaskDispatcher(ServiceThread):
@@ -36,63 +50,129 @@ class TaskDispatcher(ServiceThread):
         self.store = store
         self.session = session
         self.inline_limit = inline_limit
+        self._generation = 0
 
     def serve(self) -> None:
         while True:
             packs = self.table.take_packs(protocol.SQS_BATCH_ENTRIES)
             if packs is None:
                 return
-            messages = []
-            for items in packs:
-                live = [i for i in items if i.future.set_running_or_notify_cancel()]
-                messages.extend(self._encode(live))
-            for items, _body in messages:
-                self.table.register_message(items)
-            try:
-                self.queue.send([body for _, body in messages], self.session)
-            except TransportError as exc:
-                log.error("sending %d task messages failed: %s", len(messages), exc)
-                for items, _ in messages:
-                    for item in items:
-                        if self.table.resolve(item.task_id) is not None:
-                            item.future.set_exception(exc)
+            self.dispatch(packs)
+            del packs  # nothing of a sent task stays referenced here
 
-    def _encode(self, items: list[WorkItem]) -> list[tuple[list[WorkItem], str]]:
-        """Encode items as one or more message bodies, each under the SQS size limit."""
-        out: list[tuple[list[WorkItem], str]] = []
-        batch: list[WorkItem] = []
+    def dispatch(self, packs: list[list[WorkItem]]) -> None:
+        """Encode, register and send one round of packs."""
+        messages = []
+        for items in packs:
+            messages.extend(self._encode(self._live(items)))
+        sent = []
+        for entries, body in messages:
+            # Registered before sending: a fast worker's result may arrive before send returns.
+            if self.table.register_message(entries) is not None:
+                sent.append((entries, body))
+        if sent:
+            self._send(sent)
+
+    def _live(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Mark futures running; drop those cancelled (or failed by a break) meanwhile."""
+        live = []
+        for item in items:
+            try:
+                running = item.future.set_running_or_notify_cancel()
+            except RuntimeError:  # already failed: the executor broke
+                running = False
+            if running:
+                live.append(item)
+            else:
+                self._forget(item)
+        return live
+
+    def _send(self, sent: list[tuple[list[tuple[WorkItem, str | None]], str]]) -> None:
+        try:
+            errors = self.queue.send_each([body for _, body in sent], self.session)
+        except TransportError as exc:  # the whole call failed: nothing was accepted
+            errors = [str(exc)] * len(sent)
+        for (entries, _), error in zip(sent, errors, strict=True):
+            if error is None:
+                continue
+            log.error("sending a message of %d task(s) failed: %s", len(entries), error)
+            garbage = []
+            for item, _payload in entries:
+                record = self.table.resolve(item.task_id)
+                if record is not None:
+                    garbage += record.garbage
+                    settle(item.future, error=TransportError(
+                        f"task {item.task_id} ({item.label}) could not be sent: {error}"))
+            if garbage:
+                try:
+                    self.store.delete(garbage)
+                except TransportError as exc:
+                    log.warning("%s", exc)
+
+    def _encode(self, items: list[WorkItem]):
+        """Encode items as message bodies under the SQS size limit: [(entries, body)]."""
+        out = []
+        batch: list[tuple[WorkItem, str | None]] = []
         entries: list[TaskEntry] = []
         fns: dict[str, bytes] = {}
+        refs: dict[str, str] = {}
         size = 0
         for item in items:
             try:
-                entry = self._entry(item)
-            except TransportError as exc:  # not registered yet: fail just this task
-                item.future.set_exception(exc)
+                entry, item_refs = self._entry(item)
+            except TransportError as exc:
+                self._forget(item)
+                settle(item.future, error=exc)
                 continue
             n = protocol.ENTRY_OVERHEAD + (
-                len(entry.ref) if entry.ref else protocol.encoded_len(len(entry.args))
-            )
-            fn_size = 0 if entry.ref else protocol.encoded_len(len(item.fn_bytes)) + 32
-            extra = 0 if entry.fn in fns else fn_size
+                len(entry.ref) if entry.ref else protocol.encoded_len(len(entry.args or b""))
+            ) + 30 * len(entry.blobs)
+            inline_fn = entry.fn not in item_refs
+            fn_size = protocol.encoded_len(len(item.fn_bytes)) + 32 if inline_fn else 0
+            extra = 0 if (entry.fn in fns or entry.fn in refs) else fn_size
+            extra += sum(len(k) + len(v) + 8 for k, v in item_refs.items() if k not in refs)
             if batch and size + n + extra > protocol.MESSAGE_BODY_LIMIT:
-                out.append((batch, TaskMessage(self.session, entries, fns).encode()))
-                batch, entries, fns, size = [], [], {}, 0
-            if entry.fn is not None and entry.fn not in fns:
-                fns[entry.fn] = item.fn_bytes
-                size += fn_size
-            batch.append(item)
+                out.append((batch, TaskMessage(self.session, entries, fns, 0, refs).encode()))
+                batch, entries, fns, refs, size = [], [], {}, {}, 0
+                extra = fn_size + sum(len(k) + len(v) + 8 for k, v in item_refs.items())
+            if inline_fn:
+                fns.setdefault(entry.fn, item.fn_bytes)
+            refs.update(item_refs)
+            batch.append((item, entry.ref))
             entries.append(entry)
-            size += n
+            size += n + extra
         if batch:
-            out.append((batch, TaskMessage(self.session, entries, fns).encode()))
+            out.append((batch, TaskMessage(self.session, entries, fns, 0, refs).encode()))
         return out
 
-    def _entry(self, item: WorkItem) -> TaskEntry:
-        """The task's entry: inline, or a pointer to its payload uploaded to S3."""
-        if item.size > self.inline_limit:
-            key = self.store.put(
-                f"tasks/{item.task_id}", protocol.frame_call(item.fn_bytes, item.args_bytes)
-            )
-            return TaskEntry(item.task_id, ref=key)
-        return TaskEntry(item.task_id, fn=item.fn_digest, args=item.args_bytes)
+    def _entry(self, item: WorkItem) -> tuple[TaskEntry, dict[str, str]]:
+        """The task's entry, and the content-addressed S3 objects it refers to."""
+        refs = {}
+        if len(item.fn_bytes) > self.inline_limit:
+            refs[item.fn_digest] = self._upload_once(item.fn_digest, item.fn_bytes)
+        for key, data in item.blobs.items():
+            refs[key] = self._upload_once(key, data)
+        blobs = list(item.blobs)
+        if len(item.args_bytes) > self.inline_limit:
+            ref = self.store.put(f"tasks/{item.task_id}", item.args_bytes)
+            return TaskEntry(item.task_id, item.fn_digest, ref=ref, blobs=blobs,
+                             sha=digest(item.args_bytes)), refs
+        return TaskEntry(item.task_id, item.fn_digest, args=item.args_bytes, blobs=blobs), refs
+
+    def _upload_once(self, digest: str, data: bytes) -> str:
+        """The S3 key of a shared object, uploading it if no outstanding task has."""
+        key = self.table.uploaded_key(digest)
+        if key is None:
+            self._generation += 1
+            key = self.store.put(f"{BLOB_PREFIX}{digest}-{self._generation}", data)
+            self.table.set_uploaded(digest, key)
+        return key
+
+    def _forget(self, item: WorkItem) -> None:
+        garbage = self.table.drop_dispatching(item)
+        if garbage:
+            try:
+                self.store.delete(garbage)
+            except TransportError as exc:  # removed with the session's prefix at shutdown
+                log.warning("%s", exc)
+

@@ -7,6 +7,7 @@ killed its workers) and let the rest propagate.
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import BrokenExecutor
 
 
@@ -50,8 +51,21 @@ class EndpointUnreachableError(ConfigurationError):
         self.endpoint = endpoint
 
 
-class SerializationError(BatchExecError):
-    """A callable, argument, result or exception could not be pickled or unpickled."""
+class SerializationError(BatchExecError, pickle.PicklingError):
+    """A callable, argument, result or exception could not be pickled or unpickled.
+
+    A pickle.PicklingError, as the standard executors raise, so ``except PicklingError``
+    catches it.
+    """
+
+
+class SerializationTypeError(SerializationError, TypeError):
+    """A SerializationError where pickle itself raised TypeError ("cannot pickle '_thread.lock'
+    object"), so code written for ProcessPoolExecutor's ``except TypeError`` still catches it."""
+
+
+class ExecutorAbortedError(BatchExecError):
+    """The executor was stopped (Ctrl-C) while this task ran; its worker was terminated."""
 
 
 class PayloadTooLargeError(BatchExecError):
@@ -89,3 +103,89 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+def describe_exit(status: int | None) -> str:
+    """A process's exit status in words, as ``subprocess`` reports it (negative: a signal)."""
+    if status is None:
+        return "exit status unknown"
+    if status < 0:
+        try:
+            import signal
+
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _tail_text(output_tail: str) -> str:
+    if not output_tail.strip():
+        return "; it wrote nothing to stdout or stderr before"
+    return "; the last lines it wrote:\n" + output_tail.rstrip("\n")
+
+
+class TaskCrashedError(BatchExecError):
+    """A task killed the worker process running it (segfault, os._exit, SIGKILL, out of
+    memory) on each of its attempts.
+
+    The worker survives this (its supervisor runs tasks in a child process, replaced after
+    each crash); the task is retried in a fresh process until ``attempts`` reaches the
+    executor's max_attempts. ``exit_status`` is the child's status as subprocess reports it
+    (negative: killed by that signal); ``output_tail`` the last lines the task wrote.
+    """
+
+    def __init__(self, task_id: str, attempts: int, exit_status: int | None,
+                 output_tail: str = ""):  # fmt: skip
+        super().__init__(
+            f"task {task_id} crashed the process running it ({describe_exit(exit_status)}) on "
+            f"each of {attempts} attempt(s): run it locally to see why (a segfault in a native "
+            f"library, os._exit, running out of memory), or raise max_attempts if it is flaky"
+            + _tail_text(output_tail)
+        )
+        self.task_id = task_id
+        self.attempts = attempts
+        self.exit_status = exit_status
+        self.output_tail = output_tail
+
+    def __reduce__(self):
+        return type(self), (self.task_id, self.attempts, self.exit_status, self.output_tail)
+
+
+class InitializerCrashedError(BatchExecError):
+    """The process that runs tasks died while importing the client's script or running the
+    initializer (reported as the initializer's failure)."""
+
+    def __init__(self, exit_status: int | None, output_tail: str = ""):
+        super().__init__(
+            f"the worker process crashed ({describe_exit(exit_status)}) while importing the "
+            f"client's script or running the initializer: call the initializer locally to "
+            f"see why" + _tail_text(output_tail)
+        )
+        self.exit_status = exit_status
+        self.output_tail = output_tail
+
+    def __reduce__(self):
+        return type(self), (self.exit_status, self.output_tail)
+
+
+class TaskTimeoutError(BatchExecError):
+    """A task ran longer than max_task_seconds and was stopped (not retried).
+
+    The bound exists because SQS keeps a received message invisible for at most 12 hours:
+    a longer task would be handed to a second worker while the first still runs it.
+    """
+
+    def __init__(self, task_id: str, seconds: float, output_tail: str = ""):
+        super().__init__(
+            f"task {task_id} ran for more than max_task_seconds={seconds:g} s and was "
+            f"stopped; it is not retried. SQS lets a worker hold a task for at most 12 hours, "
+            f"so split the work into smaller tasks (each well under 12 hours)"
+            + _tail_text(output_tail)
+        )
+        self.task_id = task_id
+        self.seconds = seconds
+        self.output_tail = output_tail
+
+    def __reduce__(self):
+        return type(self), (self.task_id, self.seconds, self.output_tail)

@@ -6,14 +6,25 @@ A thin facade over the parts that do the work (compare mpi4py's futures pool):
          │                                              ▲  ▲                          (SQS, S3)
          ▼                                              │  └── DeadLetterWatcher ◀── dead letters
       Future ◀── set_result / set_exception ── ResultCollector ◀── result queue ◀── workers
-                                                                                   (Batch jobs,
-      WorkerMonitor ── BatchLauncher: SubmitJob / DescribeJobs / TerminateJob ──▶   launched on
-                                                                                   first submit)
+                 (task output replayed on the            ▲                          (Batch jobs,
+                  client's stdout/stderr)                 │                          launched on
+      WorkerMonitor ── BatchLauncher: SubmitJob / DescribeJobs / TerminateJob ──▶   first submit)
 
 Where it runs is decided once, here: an explicit stack or endpoint (argument, then
 BATCHEXEC_STACK / AWS_ENDPOINT_URL) is used as given; with neither, a private embedded emulator
 is started, the project's own CloudFormation template is deployed into it, and everything runs
 through it exactly as it would on AWS. No other code knows the difference.
+
+Life cycle guarantees (every accepted task ends in exactly one terminal state):
+- acceptance is atomic with shutdown and with breaking (TaskTable.reserve): shutdown(wait=True)
+  waits for a task whose arguments are still being pickled, and breaking fails it;
+- shutdown(wait=True) joins every thread the executor started; called from one of them (a
+  done-callback) it raises RuntimeError instead of deadlocking;
+- Ctrl-C (KeyboardInterrupt) inside ``with`` or map(), or an uncaught one at the top level,
+  aborts: pending tasks are cancelled, running ones fail with ExecutorAbortedError, workers
+  are terminated and the queues removed, without waiting for running tasks;
+- a forked child cannot use its parent's executor (RuntimeError) and its exit never touches
+  the parent's session.
 """
 
 from __future__ import annotations
@@ -22,11 +33,13 @@ import atexit
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from functools import partial
 
@@ -34,16 +47,29 @@ from .aws import AwsClients, resolve_endpoint
 from .collector import DeadLetterWatcher, ResultCollector
 from .config import ExecutorOptions
 from .dispatcher import TaskDispatcher
-from .errors import PayloadTooLargeError, SerializationError, WorkersUnavailableError
+from .errors import (
+    ExecutorAbortedError,
+    PayloadTooLargeError,
+    SerializationError,
+    WorkersUnavailableError,
+)
 from .launcher import BatchLauncher, WorkerMonitor
-from .serialization import describe, digest, dumps
-from .session import Session
-from .tasks import TaskTable, WorkItem
+from .serialization import describe, digest, dumps, main_script_path
+from .session import Session, SessionHeartbeat
+from .tasks import NotAccepted, TaskTable, WorkItem
+from .threads import TaskFuture, settle
+from .worker.mainmodule import check_not_importing_main
 
 log = logging.getLogger("batchexec")
 
 #: The stack name used when an endpoint is given without one (and by the embedded emulator).
 DEFAULT_STACK = "batchexec"
+#: After Ctrl-C, how long the abort may wait for the worker jobs to be terminated and the
+#: queues removed before giving up on a clean teardown (the process must exit within 10 s).
+ABORT_SECONDS = 8.0
+
+_live_executors: weakref.WeakSet = weakref.WeakSet()
+_interrupted = False
 
 
 def _run_chunk(fn, chunk):
@@ -63,22 +89,30 @@ class BatchExecutor(Executor):
     region: AWS region (env AWS_REGION / AWS_DEFAULT_REGION).
     endpoint_url: an AWS-compatible endpoint such as `batchexec local` (env AWS_ENDPOINT_URL).
         Workers are given the same endpoint.
-    initializer, initargs: called once in each worker before its first task. If it raises,
-        the executor is broken (WorkersUnavailableError) and the cause is the remote error.
+    initializer, initargs: called once in each worker process before its first task, in the
+        same module namespace as the tasks (a script's globals set by the initializer are seen
+        by its tasks). If it raises, the failure is logged at CRITICAL with the remote
+        traceback and the executor is broken (WorkersUnavailableError, cause the remote error).
 
-    Further keyword options (defaults in batchexec.config):
+    Further keyword options (defaults and allowed ranges in batchexec.config):
 
     visibility_timeout: seconds before a dead worker's task is retried elsewhere (a running
-        task's message is kept invisible by a heartbeat, so this does not limit task time).
-    max_attempts: runs of a task whose worker dies before its future fails with
-        TaskDeadLetteredError and its message goes to the stack's dead-letter queue.
+        task's message is kept invisible by the worker's heartbeat, so this does not limit
+        task time).
+    max_attempts: runs of a task whose worker process dies before its future fails.
+    max_task_seconds: longest a task may run (at most 11.5 h: SQS hides a received message
+        at most 12 h, so a longer task would be delivered twice); longer ones fail.
     worker_idle_timeout: seconds a worker waits for work before exiting.
     inline_limit: pickled tasks and results up to this many bytes travel in the message;
         larger ones through the stack's S3 bucket.
     max_payload_size: pickled tasks above this fail with PayloadTooLargeError.
     messages_per_worker: task messages in flight per worker (flow control).
     monitor_interval: seconds between checks of the workers' Batch jobs.
-    start_timeout: seconds launched workers may take to start before the executor is broken.
+    start_timeout: seconds work may wait with no worker running before the executor breaks.
+    forward_output: replay what tasks print on this process's stdout/stderr, each line
+        prefixed with its worker (default True); output_limit: bytes forwarded per task.
+    tasks_per_worker_hint: clients that size their concurrency from ``_max_workers`` (dask)
+        see max_workers times this, enough tasks in flight to hide the round trip.
 
     Attributes: ``stack`` (the discovered batchexec.stack.StackResources: bucket, queues, job
     queue...), ``session_id``, ``max_workers``, ``endpoint_url`` (None on AWS itself).
@@ -95,21 +129,31 @@ class BatchExecutor(Executor):
         initargs: tuple = (),
         **options,
     ):
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
-            raise ValueError("max_workers must be greater than 0")
+        check_not_importing_main()
+        if max_workers is not None:
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+                raise TypeError(
+                    f"max_workers must be an int (the number of worker jobs) or None, "
+                    f"got {max_workers!r}"
+                )
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         unknown = set(options) - set(ExecutorOptions.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         self._options = ExecutorOptions(**options)
+        self._pid = os.getpid()
         self._emulator = None
         self._session: Session | None = None
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
+        self._aborted = False
         self._broken: BaseException | None = None
         self._closer: threading.Thread | None = None
         self._ids = itertools.count()
+        self._threads: list = []
 
         stack_name = stack or os.environ.get("BATCHEXEC_STACK") or None
         endpoint = resolve_endpoint(endpoint_url)
@@ -119,7 +163,9 @@ class BatchExecutor(Executor):
 
                 self._emulator = EmbeddedEmulator.start(stack_name=DEFAULT_STACK)
                 endpoint, stack_name = self._emulator.endpoint_url, self._emulator.stack_name
-            self._clients = AwsClients.resolve(region, endpoint)
+                self._clients = AwsClients.for_emulator(region, endpoint)
+            else:
+                self._clients = AwsClients.resolve(region, endpoint)
             self._clients.check_reachable()
             from .stack import describe_stack
 
@@ -132,8 +178,14 @@ class BatchExecutor(Executor):
             raise
 
         self._session_id = self._session.id
-        self._max_workers = max_workers or self.stack.default_workers
-        self._table = TaskTable(credits=self._options.messages_per_worker * self._max_workers)
+        if main_script_path():
+            # Classes of the script come back from workers as "__mp_main__.X" (the name the
+            # runner imports the script under): resolve them to this process's script.
+            sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
+        self._workers = max_workers or self.stack.default_workers
+        # What clients that size their own concurrency read (dask: `_max_workers`).
+        self._max_workers = self._workers * self._options.tasks_per_worker_hint
+        self._table = TaskTable(credits=self._options.messages_per_worker * self._workers)
         session = self._session
         self._launcher = BatchLauncher(
             self._clients.client("batch"),
@@ -142,26 +194,36 @@ class BatchExecutor(Executor):
             job_name=f"batchexec-{session.id}",
             environment={**session.settings.to_env(), **self._clients.worker_environment()},
         )
-        self._threads = [
-            TaskDispatcher(self._table, session.tasks, session.store, session.id,
-                           self._options.inline_limit, self._set_broken),
-            ResultCollector(self._table, session.results, session.store, session.id,
-                            self._set_broken),
-            DeadLetterWatcher(self._table, session.dead_letters, session.id,
-                              self._options.max_attempts, session.is_alive, self._set_broken),
-        ]
+        self._watcher = DeadLetterWatcher(self._table, session.dead_letters, session.id,
+                                          self._options.max_attempts, session.is_alive,
+                                          self._set_broken)
         self._monitor = WorkerMonitor(
             self._launcher,
-            self._max_workers,
+            self._workers,
             outstanding=self._table.outstanding,
             progress=lambda: self._table.resolved,
             on_broken=self._set_broken,
             interval=self._options.monitor_interval,
             start_timeout=self._options.start_timeout,
-            failure_budget=self._max_workers * self._options.max_attempts + 1,
+            failure_budget=self._workers * self._options.max_attempts + 1,
         )
-        for thread in (*self._threads, self._monitor):
+        collector = ResultCollector(self._table, session.results, session.store, session.id,
+                                    self._set_broken, dead_letters=session.dead_letters)
+        self._janitor = collector.janitor
+        self._heartbeat = SessionHeartbeat(session, self._set_broken)
+        self._threads = [
+            TaskDispatcher(self._table, session.tasks, session.store, session.id,
+                           self._options.inline_limit, self._set_broken),
+            collector,
+            self._janitor,
+            self._watcher,
+            self._monitor,
+            self._heartbeat,
+        ]
+        for thread in self._threads:
             thread.start()
+        _live_executors.add(self)
+        _install_interrupt_hook()
         # Registered after the emulator started: atexit runs hooks last-in first-out, so this
         # shuts the executor down while its emulator (closed by its own finalizer) still runs.
         atexit.register(self._shutdown_at_exit)
@@ -170,7 +232,8 @@ class BatchExecutor(Executor):
 
     @property
     def max_workers(self) -> int:
-        return self._max_workers
+        """The number of worker jobs."""
+        return self._workers
 
     @property
     def endpoint_url(self) -> str | None:
@@ -185,7 +248,7 @@ class BatchExecutor(Executor):
         where = self._clients.endpoint_url or f"AWS {self._clients.region}"
         state = "broken" if self._broken else "shut down" if self._shutdown else "running"
         return (f"<BatchExecutor stack={self.stack.name!r} at {where}, "
-                f"{self._max_workers} workers, {state}>")
+                f"{self._workers} workers, {state}>")
 
     # -- Executor API ------------------------------------------------------------------------
 
@@ -194,35 +257,47 @@ class BatchExecutor(Executor):
             raise TypeError(f"{fn!r} is not callable")
         return self._submit(fn, None, args, kwargs)
 
-    def _submit(self, fn, fn_bytes: bytes | None, args: tuple, kwargs: dict) -> Future:
-        with self._shutdown_lock:
-            if self._broken is not None:
+    def _submit(self, fn, prepared: tuple | None, args: tuple, kwargs: dict) -> Future:
+        self._check_owner()
+        future = TaskFuture()
+        try:
+            self._table.reserve(future)
+        except NotAccepted as refused:
+            if str(refused) == "broken":
                 raise WorkersUnavailableError(
-                    f"the executor is broken and accepts no new tasks: {self._broken}"
-                ) from self._broken
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            task_id = str(next(self._ids))
-        future: Future = Future()
+                    f"the executor is broken and accepts no new tasks: {self._table.broken}"
+                ) from self._table.broken
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
+        task_id = str(next(self._ids))
         label = describe(fn)
         try:
-            if fn_bytes is None:
-                fn_bytes = dumps(fn, f"callable {label}")
-            args_bytes = dumps((args, kwargs), f"arguments of {label} (task {task_id})")
+            if prepared is None:
+                prepared = _pickle_callable(fn, label)
+            fn_bytes, fn_digest, fn_blobs = prepared
+            blobs = dict(fn_blobs)
+            args_bytes = dumps((args, kwargs), f"arguments of {label} (task {task_id})",
+                               blobs=blobs)
         except SerializationError as exc:
-            future.set_exception(exc)
+            self._table.abandon(future)
+            settle(future, error=exc)
             return future
-        size = len(fn_bytes) + len(args_bytes)
+        except BaseException:
+            self._table.abandon(future)
+            raise
+        size = len(fn_bytes) + len(args_bytes) + sum(len(b) for b in blobs.values())
         if size > self._options.max_payload_size:
-            future.set_exception(PayloadTooLargeError(
+            self._table.abandon(future)
+            settle(future, error=PayloadTooLargeError(
                 f"task {task_id} ({label}) pickles to {size / 2**20:.1f} MiB, above "
                 f"max_payload_size={self._options.max_payload_size / 2**20:.1f} MiB: put large "
                 f"data in S3 (or a shared filesystem) and pass its location, or raise "
                 f"max_payload_size"
             ))
             return future
-        self._table.add(WorkItem(task_id, future, label, fn_bytes, digest(fn_bytes), args_bytes))
-        self._monitor.poke()
+        item = WorkItem(task_id, future, label, fn_bytes, fn_digest, args_bytes, blobs)
+        del args, kwargs, args_bytes, blobs
+        if self._table.add(item):
+            self._monitor.poke()
         return future
 
     def map(self, fn, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1,
@@ -232,11 +307,13 @@ class BatchExecutor(Executor):
         The callable is pickled once for the whole map. chunksize > 1 sends that many calls
         as one task (as ProcessPoolExecutor does). buffersize bounds how many tasks are
         submitted ahead of the results consumed, so a map over a huge or endless iterable
-        runs in bounded memory.
+        runs in bounded memory. Nothing already yielded is kept. A KeyboardInterrupt while
+        waiting aborts the executor (see the module docstring).
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+        if buffersize is not None and (isinstance(buffersize, bool)
+                                       or not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError("buffersize must be None or > 0.")
         end_time = None if timeout is None else timeout + time.monotonic()
         label = describe(fn)
@@ -247,22 +324,52 @@ class BatchExecutor(Executor):
             call = fn
             argsets = zip(*iterables, strict=False)
         try:
-            fn_bytes = dumps(call, f"callable {label}")
+            prepared = _pickle_callable(call, label)
         except SerializationError:
-            fn_bytes = None  # every future then carries the error, as submit's would
-        submit = partial(self._submit_prepared, call, fn_bytes)
+            prepared = None  # every future then carries the error, as submit's would
+        submit = partial(self._submit, call, prepared, kwargs={})
 
         if buffersize is None:
             futures = deque(submit(args) for args in argsets)
+            more = None
         else:
             futures = deque(submit(args) for args in itertools.islice(argsets, buffersize))
-        return _map_results(futures, argsets if buffersize else None, submit, end_time,
-                            chunked=chunksize > 1)
+            more = argsets
+        return self._map_results(futures, more, submit, end_time, chunked=chunksize > 1)
 
-    def _submit_prepared(self, call, fn_bytes, args: tuple) -> Future:
-        return self._submit(call, fn_bytes, args, {})
+    def _map_results(self, futures: deque, more, submit, end_time, chunked: bool):
+        """Yield results in order, topping up the buffer as each is consumed; cancel the rest
+        on an early exit or error (as the standard library does). Holds no yielded result."""
+        try:
+            while futures:
+                if more is not None:
+                    args = next(more, None)
+                    if args is not None:
+                        futures.append(submit(args))
+                    del args
+                if chunked:
+                    chunk = _result_or_cancel(futures.popleft(), end_time)
+                    chunk.reverse()
+                    while chunk:
+                        yield chunk.pop()
+                else:
+                    yield _result_or_cancel(futures.popleft(), end_time)
+        except KeyboardInterrupt:
+            self._abort("KeyboardInterrupt while waiting for map() results")
+            raise
+        finally:
+            for future in futures:
+                future.cancel()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child: the session belongs to the parent
+        if wait and threading.current_thread() in self._threads:
+            raise RuntimeError(
+                "cannot join current thread: shutdown(wait=True) was called from a "
+                "done-callback, which runs in the executor's own thread; call "
+                "shutdown(wait=False) there, or shutdown(wait=True) from another thread"
+            )
         with self._shutdown_lock:
             self._shutdown = True
             if self._closer is None:
@@ -272,55 +379,137 @@ class BatchExecutor(Executor):
                 start = True
             else:
                 start = False
-        if cancel_futures and self._session is not None:
-            for item in self._table.drain_pending():
+        if self._session is None and not self._threads:
+            return  # construction failed; _release already ran
+        self._table.close()
+        if cancel_futures:
+            # Tasks the free credits would send now count as queued for execution (as in
+            # ProcessPoolExecutor's call queue): they run; the rest are cancelled.
+            for item in self._table.drain_pending(keep=self._table.sendable()):
                 item.future.cancel()
         if start:
             self._closer.start()
         if wait:
             self._closer.join()
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._abort("KeyboardInterrupt inside `with BatchExecutor()`")
+            return False
+        self.shutdown(wait=True)
+        return False
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _check_owner(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this BatchExecutor belongs to process {self._pid}; a forked child cannot use "
+                f"it (its threads did not survive the fork): create a new BatchExecutor in the "
+                f"child, or start children with the 'spawn' method"
+            )
 
     def _set_broken(self, error: BaseException) -> None:
         """Fail every outstanding future with error; later submits raise it too."""
+        futures = self._table.break_(error)
+        if futures is None:
+            return
         with self._shutdown_lock:
-            if self._broken is None:
-                self._broken = error
-                log.error("executor broken: %s", error)
-        for future in self._table.drain_all():
-            try:
-                future.set_exception(error)
-            except InvalidStateError:  # cancelled or resolved meanwhile
-                pass
+            self._broken = error
+        if not self._aborted:
+            log.error("executor broken: %s", error)
+        self._monitor.poke()
+        for future in futures:
+            settle(future, error=error)
+
+    def _abort(self, why: str) -> None:
+        """Stop now (Ctrl-C): cancel what has not started, fail what runs, terminate the
+        workers and remove the session, without waiting for running tasks."""
+        if self._aborted or os.getpid() != self._pid:
+            return
+        self._aborted = True
+        log.warning("%s: cancelling pending tasks, terminating workers and removing the "
+                    "session's queues", why)
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._table.close()
+        for item in self._table.drain_pending():
+            item.future.cancel()
+        self._set_broken(ExecutorAbortedError(
+            f"the executor was aborted ({why}) while this task was queued or running; its "
+            f"worker was terminated"
+        ))
+        # Queues and workers first (a second Ctrl-C may cut this short); the threads, stuck
+        # in a long poll at worst, end on their own once they see the broken table.
+        self._release()
+        self._stop_threads(timeout=0.2)
 
     def _close_when_done(self) -> None:
         self._table.wait_done()
-        self._table.close()
-        self._monitor.stop()
-        for thread in self._threads[:2]:  # the dead-letter watcher is left to finish its poll
-            thread.join()
+        self._stop_threads(timeout=None if self._broken is None else 1.0)
         self._release()
 
+    def _stop_threads(self, timeout: float | None) -> None:
+        self._table.close()
+        self._monitor.stop()
+        self._watcher.stop()
+        self._heartbeat.stop()
+        collector = self._threads[1]
+        if collector is not threading.current_thread():
+            collector.join(timeout)  # its last deletes reach the janitor before it stops
+        self._janitor.stop()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+                if thread.is_alive():
+                    log.debug("%s still finishing a poll; it exits on its own", thread.name)
+
     def _release(self) -> None:
-        """Terminate workers and delete session resources and the emulator: idempotent."""
+        """Delete session resources, terminate workers, stop the emulator: idempotent."""
+        if os.getpid() != self._pid:
+            return
+        if self._session is not None:  # first: workers exit by themselves once it is gone
+            self._session.close()
+            self._session = None
         launcher = getattr(self, "_launcher", None)
         if launcher is not None:
             launcher.terminate()
-        if self._session is not None:
-            self._session.close()
-            self._session = None
         if self._emulator is not None:
             self._emulator.close()
             self._emulator = None
         atexit.unregister(self._shutdown_at_exit)
 
     def _shutdown_at_exit(self) -> None:
-        """A program that forgot shutdown() still waits for its tasks and leaks nothing."""
+        """A program that forgot shutdown() still waits for its tasks and leaks nothing; one
+        ended by an uncaught Ctrl-C aborts instead of waiting."""
+        if os.getpid() != self._pid:
+            return
         try:
-            self.shutdown(wait=True, cancel_futures=True)
+            if _interrupted:
+                self._abort("uncaught KeyboardInterrupt")
+            else:
+                self.shutdown(wait=True, cancel_futures=True)
         except Exception as exc:  # never mask the program's own exit status
             log.warning("shutting down %r at exit failed: %s", self, exc)
+
+
+def _pickle_callable(fn, label: str) -> tuple[bytes, str, dict[str, bytes]]:
+    blobs: dict[str, bytes] = {}
+    data = dumps(fn, f"callable {label}", blobs=blobs)
+    return data, digest(data), blobs
+
+
+def _result_or_cancel(future: Future, end_time: float | None):
+    try:
+        try:
+            if end_time is None:
+                return future.result()
+            return future.result(end_time - time.monotonic())
+        except FuturesTimeoutError:
+            future.cancel()
+            raise
+    finally:
+        del future  # no reference cycle through the traceback keeps the result alive
 
 
 def _chunks(iterable: Iterable, n: int) -> Iterator[tuple]:
@@ -329,29 +518,30 @@ def _chunks(iterable: Iterable, n: int) -> Iterator[tuple]:
         yield chunk
 
 
-def _map_results(futures: deque, more, submit, end_time, chunked: bool):
-    """Yield results in order, topping up the buffer as each is consumed; cancel the rest on
-    an early exit or error (as the standard library does)."""
-    try:
-        while futures:
-            if more is not None:
-                args = next(more, None)
-                if args is not None:
-                    futures.append(submit(args))
-            future = futures.popleft()
-            try:
-                if end_time is None:
-                    result = future.result()
-                else:
-                    result = future.result(end_time - time.monotonic())
-            except FuturesTimeoutError:
-                future.cancel()
-                raise
-            if chunked:
-                yield from result
-            else:
-                yield result
-            del future, result
-    finally:
-        for future in futures:
-            future.cancel()
+def _install_interrupt_hook() -> None:
+    """Note an uncaught KeyboardInterrupt (sys.excepthook runs before atexit), so that the
+    exit hooks abort the executors instead of waiting for their running tasks."""
+    previous = sys.excepthook
+    if getattr(previous, "_batchexec", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        global _interrupted
+        if issubclass(exc_type, KeyboardInterrupt):
+            _interrupted = True
+        previous(exc_type, exc, tb)
+
+    hook._batchexec = True
+    sys.excepthook = hook
+
+
+def _after_fork_in_child() -> None:
+    """The executor's threads do not survive a fork: a child's executors are unusable (and
+    _check_owner says so), and nothing at the child's exit may touch the parent's session."""
+    for executor in list(_live_executors):
+        atexit.unregister(executor._shutdown_at_exit)
+    _live_executors.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -10,9 +10,13 @@ terminates everything it submitted at shutdown.
 - launches replacements when fewer workers are alive than there is work for (a worker that
   was killed, crashed, or exited after its idle timeout);
 - declares the executor broken (``WorkersUnavailableError``, a ``BrokenExecutor``) when
-  workers keep failing without any task being resolved in between, or when none has started
-  within ``start_timeout`` (a compute environment with no capacity leaves jobs RUNNABLE
-  forever). Nothing waits forever.
+  workers keep failing without any task being resolved in between, or when work has waited
+  ``start_timeout`` seconds with no worker running, at any time in the session (a compute
+  environment with no capacity leaves jobs RUNNABLE forever; replacements of idle-exited
+  workers can too). The error quotes Batch's status reason. Nothing waits forever.
+
+The monitor's cost does not grow with the fleet: one DescribeJobs call per 100 launched
+*jobs* (an array job of up to 10,000 children is one), and throttling doubles its interval.
 """
 
 from __future__ import annotations
@@ -25,14 +29,22 @@ from dataclasses import dataclass, field
 
 import botocore.exceptions
 
+from .aws import error_code
 from .errors import WorkersUnavailableError
 from .threads import ServiceThread
 
 log = logging.getLogger(__name__)
 
+_THROTTLING_CODES = {"TooManyRequestsException", "ThrottlingException", "Throttling"}
+
 ALIVE_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+WAITING_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING")
 #: DescribeJobs accepts at most this many job ids a call.
 _DESCRIBE_LIMIT = 100
+#: AWS Batch's largest array job: more workers are launched as several array jobs.
+MAX_ARRAY_SIZE = 10_000
+#: Longest interval between checks when Batch keeps throttling the monitor.
+_MAX_BACKOFF_SECONDS = 60.0
 
 
 @dataclass
@@ -64,10 +76,17 @@ class BatchLauncher:
         self.environment = environment
         self.jobs: list[str] = []
         self._lock = threading.Lock()
-        self._ever_running = False
 
-    def launch(self, n: int) -> str:
-        """Submit n workers as one job; returns its id."""
+    def launch(self, n: int) -> list[str]:
+        """Submit n workers as array jobs of at most MAX_ARRAY_SIZE; returns their ids."""
+        ids = []
+        while n > 0:
+            size = min(n, MAX_ARRAY_SIZE)
+            ids.append(self._submit(size))
+            n -= size
+        return ids
+
+    def _submit(self, n: int) -> str:
         kwargs = dict(
             jobName=f"{self.job_name}-{len(self.jobs)}",
             jobQueue=self.job_queue,
@@ -106,13 +125,32 @@ class BatchLauncher:
                 else:
                     status = job["status"]
                     counts.by_status[status] = counts.by_status.get(status, 0) + 1
-        if counts.running:
-            self._ever_running = True
         return counts
 
-    @property
-    def ever_running(self) -> bool:
-        return self._ever_running
+    def waiting_reason(self) -> str:
+        """Why launched workers are not running, as Batch says (statusReason of a waiting
+        job or array child), e.g. a compute environment without capacity."""
+        with self._lock:
+            jobs = list(reversed(self.jobs))
+        for job_id in jobs[:_DESCRIBE_LIMIT]:
+            try:
+                job = self.batch.describe_jobs(jobs=[job_id])["jobs"][0]
+                if job.get("arrayProperties", {}).get("size"):
+                    for status in ("RUNNABLE", "STARTING", "PENDING", "SUBMITTED"):
+                        kids = self.batch.list_jobs(arrayJobId=job_id, jobStatus=status)
+                        kids = kids.get("jobSummaryList", [])
+                        if kids:
+                            job = self.batch.describe_jobs(jobs=[kids[0]["jobId"]])["jobs"][0]
+                            break
+                    else:
+                        continue
+                elif job["status"] not in WAITING_STATES:
+                    continue
+            except (botocore.exceptions.ClientError, IndexError, KeyError):
+                continue
+            reason = job.get("statusReason") or "Batch gave no status reason"
+            return f"job {job['jobId']} is {job['status']}: {reason}"
+        return "no waiting worker job found"
 
     def failure_reason(self) -> str:
         """Why the most recent failed worker failed, as Batch reports it."""
@@ -173,40 +211,55 @@ class WorkerMonitor(ServiceThread):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._launched_at: float | None = None
+        self._waiting_since: float | None = None
+        self._saw_work = False
+        self._progress_at_wait = 0
         self._seen_failed = 0
         self._streak = 0
         self._progress_mark = 0
 
     def poke(self) -> None:
-        """New work arrived: check now rather than at the next interval."""
-        self._wake.set()
+        """New work arrived. Check now when the fleet may be short of it (nothing launched
+        yet, or the last round saw no work, so workers may have idle-exited); otherwise the
+        next round comes soon enough. So a stream of submits (dask submits one task at a time)
+        costs one DescribeJobs per interval, not one per submit."""
+        if self._launched_at is None or not self._saw_work:
+            self._wake.set()
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
 
     def serve(self) -> None:
+        interval = self.interval
         while not self._stopping.is_set():
-            self._wake.wait(self.interval)
+            self._wake.wait(interval)
             self._wake.clear()
             if self._stopping.is_set():
                 return
             try:
-                if self.outstanding() and self._check():
+                work = self.outstanding()
+                self._saw_work = bool(work)
+                if work and self._check():
                     return
+                interval = self.interval
             except WorkersUnavailableError as exc:
                 self.on_broken(exc)
                 return
-            except botocore.exceptions.BotoCoreError as exc:
-                log.warning("checking worker jobs failed: %s", exc)
             except botocore.exceptions.ClientError as exc:
+                if error_code(exc) in _THROTTLING_CODES:
+                    interval = min(_MAX_BACKOFF_SECONDS, interval * 2)
+                log.warning("checking worker jobs failed: %s", exc)
+            except botocore.exceptions.BotoCoreError as exc:
                 log.warning("checking worker jobs failed: %s", exc)
 
     def _check(self) -> bool:
         """One round; True when the executor is broken and the monitor should stop."""
+        now = time.monotonic()
         if self._launched_at is None:
             self.launcher.launch(self.max_workers)
-            self._launched_at = time.monotonic()
+            self._launched_at = now
+            self._waiting_since = now
             return False
         counts = self.launcher.counts()
         progress = self.progress()
@@ -223,12 +276,16 @@ class WorkerMonitor(ServiceThread):
                 f"worker image (`batchexec worker` must start)"
             ))
             return True
-        started = self.launcher.ever_running or progress > 0
-        if not started and time.monotonic() - self._launched_at > self.start_timeout:
+        if counts.running:
+            self._waiting_since = None
+        elif self._waiting_since is None or progress != self._progress_at_wait:
+            self._waiting_since, self._progress_at_wait = now, progress  # the clock starts
+        elif now - self._waiting_since > self.start_timeout:
             self.on_broken(WorkersUnavailableError(
-                f"no worker started within start_timeout={self.start_timeout:.0f} s "
-                f"(jobs by status: {counts.by_status}); check the compute environment's "
-                f"capacity and instance types (`batchexec stack status`)"
+                f"work waited {now - self._waiting_since:.0f} s with no worker running "
+                f"(start_timeout={self.start_timeout:.0f} s; jobs by status: "
+                f"{counts.by_status}); {self.launcher.waiting_reason()}. Check the compute "
+                f"environment's capacity and instance types (`batchexec stack status`)"
             ))
             return True
         wanted = min(self.max_workers, self.outstanding())

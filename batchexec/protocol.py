@@ -1,4 +1,4 @@
-"""Wire protocol, version 1: the message records that travel through SQS, and their codec.
+"""Wire protocol, version 2: the message records that travel through SQS, and their codec.
 
 Pure data and encoding, no AWS calls: the transport moves these bodies, the dispatcher and
 worker build them. docs/protocol.md is the prose version of this module; change both at once
@@ -8,15 +8,22 @@ A body is JSON text (SQS bodies are text). Pickled bytes travel base64-encoded i
 S3 under the session's prefix when larger than the inline limit (the SQS extended-client
 pattern); the entry then carries the object key in ``ref`` instead of the bytes.
 
-    task message    {"v":1, "type":"tasks", "session":S, "prior_attempts":N,
+    task message    {"v":2, "type":"tasks", "session":S, "prior_attempts":N,
                      "fns":{digest: b64(cloudpickle(fn))},
                      "tasks":[{"id":T, "fn":digest, "args":b64(cloudpickle((args, kwargs)))}
                               | {"id":T, "ref":key}]}          # key holds frame(fn, args)
-    result message  {"v":1, "type":"results", "session":S, "worker":W,
+    result message  {"v":2, "type":"results", "session":S, "worker":W,
                      "results":[{"id":T, "ok":bool, "s":seconds, "data":b64(...)}
                                 | {"id":T, "ok":bool, "s":seconds, "ref":key}]}
-    worker event    {"v":1, "type":"worker", "session":S, "worker":W, "event":E,
-                     "error":b64(cloudpickle(RemoteException))}
+    output message  {"v":2, "type":"output", "session":S, "worker":W,
+                     "lines":[{"id":T|null, "stream":"stdout"|"stderr", "text":str}]}
+    worker event    {"v":2, "type":"worker", "session":S, "worker":W, "event":E,
+                     ["error":b64(cloudpickle(RemoteException))], ["message":str],
+                     ["info":{...}]}
+
+Version 2 (from 1): output messages; worker events "started", "version_mismatch" and
+"protocol_mismatch" with their "message" and "info" fields. A peer that meets another version
+raises ProtocolVersionError, which names both versions.
 
 ``data`` of an ok result is the pickled return value; of a failed one a pickled
 serialization.RemoteException (exception + traceback text).
@@ -25,10 +32,14 @@ serialization.RemoteException (exception + traceback text).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 1
+from .errors import BatchExecError
+
+PROTOCOL_VERSION = 2
 
 #: SQS's hard limit on a message body plus attributes (bytes). AWS raised it to 1 MiB in 2025;
 #: 256 KiB is what every SQS-compatible service and the emulator accept.
@@ -44,10 +55,42 @@ ENTRY_OVERHEAD = 96
 #: sessions apart without parsing bodies.
 SESSION_ATTRIBUTE = "batchexec-session"
 VERSION_ATTRIBUTE = "batchexec-version"
+#: HMAC-SHA256 of the body under the session's key (hex). Checked before a body is decoded,
+#: so a message nobody with the key wrote is never unpickled or executed.
+MAC_ATTRIBUTE = "batchexec-mac"
+#: Set on a message moved to the dead-letter queue because it failed authentication.
+REJECTED_ATTRIBUTE = "batchexec-rejected"
 
 
-class ProtocolError(ValueError):
+def sign(key: bytes, body: str) -> str:
+    """The MAC a message body carries (hex HMAC-SHA256 under the session key)."""
+    return hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def authentic(key: bytes, body: str, mac: str | None) -> bool:
+    """Whether ``mac`` is ``body``'s MAC under ``key`` (constant-time comparison)."""
+    return bool(mac) and hmac.compare_digest(sign(key, body), mac)
+
+
+class ProtocolError(BatchExecError, ValueError):
     """A body that is not a batchexec message of a version this code understands."""
+
+
+class ProtocolVersionError(ProtocolError):
+    """A batchexec message of another protocol version: the two sides run different releases.
+
+    ``version`` is the message's, ``expected`` this installation's; a worker reports both to
+    the client (worker event "protocol_mismatch") instead of running the message.
+    """
+
+    def __init__(self, version, expected: int = PROTOCOL_VERSION):
+        super().__init__(
+            f"batchexec protocol version {version} is not supported by this installation "
+            f"(it speaks version {expected}): install the same batchexec version on the "
+            f"client and in the worker image"
+        )
+        self.version = version
+        self.expected = expected
 
 
 def b64(data: bytes) -> str:
@@ -63,33 +106,39 @@ def encoded_len(n: int) -> int:
     return 4 * ((n + 2) // 3)
 
 
-def frame_call(fn: bytes, args: bytes) -> bytes:
-    """One S3 object for a large task: an 8-byte length of the callable, then both parts."""
-    return len(fn).to_bytes(8, "big") + fn + args
-
-
-def unframe_call(blob: bytes) -> tuple[bytes, bytes]:
-    n = int.from_bytes(blob[:8], "big")
-    return blob[8 : 8 + n], blob[8 + n :]
-
-
 @dataclass
 class TaskEntry:
+    """One task of a task message.
+
+    ``fn`` is the digest of its pickled callable, found in the message's ``fns`` (inline) or
+    ``refs`` (an S3 key: large callables are uploaded once per session, content-addressed).
+    The pickled ``(args, kwargs)`` travel inline in ``args`` or, when large, in S3 at ``ref``
+    (deleted once the task is resolved). ``blobs`` lists the digests of large buffers pickled
+    apart from the arguments (persistent ids), each in the message's ``refs``.
+    """
+
     task_id: str
-    fn: str | None = None  # digest into TaskMessage.fns, when inline
-    args: bytes | None = None  # inline pickled (args, kwargs)
-    ref: str | None = None  # S3 key of frame_call(fn, args), when large
+    fn: str
+    args: bytes | None = None
+    ref: str | None = None
+    blobs: list[str] = field(default_factory=list)
+    sha: str | None = None  # digest of the object at ref: checked before it is unpickled
 
     def to_json(self) -> dict:
+        d: dict = {"id": self.task_id, "fn": self.fn}
         if self.ref is not None:
-            return {"id": self.task_id, "ref": self.ref}
-        return {"id": self.task_id, "fn": self.fn, "args": b64(self.args or b"")}
+            d["ref"] = self.ref
+            d["sha"] = self.sha
+        else:
+            d["args"] = b64(self.args or b"")
+        if self.blobs:
+            d["blobs"] = self.blobs
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> TaskEntry:
-        if "ref" in d:
-            return cls(d["id"], ref=d["ref"])
-        return cls(d["id"], fn=d["fn"], args=unb64(d["args"]))
+        return cls(d["id"], d["fn"], unb64(d["args"]) if "args" in d else None, d.get("ref"),
+                   list(d.get("blobs", ())), d.get("sha"))
 
 
 @dataclass
@@ -98,24 +147,27 @@ class TaskMessage:
     tasks: list[TaskEntry]
     fns: dict[str, bytes] = field(default_factory=dict)
     prior_attempts: int = 0
+    refs: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> str:
-        return json.dumps(
-            {
-                "v": PROTOCOL_VERSION,
-                "type": "tasks",
-                "session": self.session,
-                "prior_attempts": self.prior_attempts,
-                "fns": {k: b64(v) for k, v in self.fns.items()},
-                "tasks": [t.to_json() for t in self.tasks],
-            },
-            separators=(",", ":"),
-        )
+        d = {
+            "v": PROTOCOL_VERSION,
+            "type": "tasks",
+            "session": self.session,
+            "prior_attempts": self.prior_attempts,
+            "fns": {k: b64(v) for k, v in self.fns.items()},
+            "tasks": [t.to_json() for t in self.tasks],
+        }
+        if self.refs:
+            d["refs"] = self.refs
+        return json.dumps(d, separators=(",", ":"))
 
     def single(self, entry: TaskEntry, prior_attempts: int) -> TaskMessage:
         """A message holding just one of this message's tasks (used to split a failed pack)."""
-        fns = {entry.fn: self.fns[entry.fn]} if entry.fn else {}
-        return TaskMessage(self.session, [entry], fns, prior_attempts)
+        fns = {entry.fn: self.fns[entry.fn]} if entry.fn in self.fns else {}
+        wanted = {entry.fn, *entry.blobs}
+        refs = {k: v for k, v in self.refs.items() if k in wanted}
+        return TaskMessage(self.session, [entry], fns, prior_attempts, refs)
 
 
 @dataclass
@@ -125,11 +177,13 @@ class ResultEntry:
     seconds: float = 0.0
     data: bytes | None = None
     ref: str | None = None
+    sha: str | None = None  # digest of the object at ref: checked before it is unpickled
 
     def to_json(self) -> dict:
         d = {"id": self.task_id, "ok": self.ok, "s": round(self.seconds, 6)}
         if self.ref is not None:
             d["ref"] = self.ref
+            d["sha"] = self.sha
         else:
             d["data"] = b64(self.data or b"")
         return d
@@ -142,6 +196,7 @@ class ResultEntry:
             float(d.get("s", 0.0)),
             unb64(d["data"]) if "data" in d else None,
             d.get("ref"),
+            d.get("sha"),
         )
 
     def encoded_size(self) -> int:
@@ -168,15 +223,76 @@ class ResultMessage:
 
 
 @dataclass
+class OutputLine:
+    """One line a task wrote (without its newline). ``task_id`` is None for output written
+    outside any task: the initializer, the script's import, or a thread the task left behind."""
+
+    task_id: str | None
+    stream: str  # "stdout" or "stderr"
+    text: str
+
+    def to_json(self) -> dict:
+        return {"id": self.task_id, "stream": self.stream, "text": self.text}
+
+    @classmethod
+    def from_json(cls, d: dict) -> OutputLine:
+        stream = d["stream"]
+        if stream not in OUTPUT_STREAMS:
+            raise ValueError(f"unknown output stream {stream!r}")
+        return cls(d["id"], stream, str(d["text"]))
+
+    def encoded_size(self) -> int:
+        # JSON escapes can grow text (a control byte becomes 6 characters): bound it.
+        return 48 + len(self.task_id or "") + len(json.dumps(self.text))
+
+
+#: The two streams a task's output is read from.
+OUTPUT_STREAMS = ("stdout", "stderr")
+
+
+@dataclass
+class OutputMessage:
+    """What tasks wrote to stdout/stderr, for the client to replay on its own streams."""
+
+    session: str
+    worker: str
+    lines: list[OutputLine]
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "v": PROTOCOL_VERSION,
+                "type": "output",
+                "session": self.session,
+                "worker": self.worker,
+                "lines": [line.to_json() for line in self.lines],
+            },
+            separators=(",", ":"),
+        )
+
+
+@dataclass
 class WorkerEvent:
     """Something a worker reports about itself rather than about a task."""
 
+    #: First message of every worker; ``info`` holds its python (major.minor), cloudpickle
+    #: and protocol versions.
+    STARTED = "started"
+    #: The initializer (or the import of the client's script) raised; ``error`` holds it.
     INITIALIZER_FAILED = "initializer_failed"
+    #: The worker's Python or cloudpickle differs from the client's; ``message`` says what to
+    #: do. The worker exits 1 without running anything.
+    VERSION_MISMATCH = "version_mismatch"
+    #: A task message of another protocol version reached the worker; ``message`` names both
+    #: versions. The message went to the dead-letter queue unexecuted.
+    PROTOCOL_MISMATCH = "protocol_mismatch"
 
     session: str
     worker: str
     event: str
     error: bytes | None = None
+    message: str = ""
+    info: dict | None = None
 
     def encode(self) -> str:
         d = {
@@ -188,10 +304,14 @@ class WorkerEvent:
         }
         if self.error is not None:
             d["error"] = b64(self.error)
+        if self.message:
+            d["message"] = self.message
+        if self.info is not None:
+            d["info"] = self.info
         return json.dumps(d, separators=(",", ":"))
 
 
-Message = TaskMessage | ResultMessage | WorkerEvent
+Message = TaskMessage | ResultMessage | OutputMessage | WorkerEvent
 
 
 def decode(body: str) -> Message:
@@ -203,11 +323,7 @@ def decode(body: str) -> Message:
     if not isinstance(d, dict) or "v" not in d:
         raise ProtocolError("not a batchexec message (no version field)")
     if d["v"] != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"batchexec protocol version {d['v']} is not supported by this installation "
-            f"(it speaks version {PROTOCOL_VERSION}): install the same batchexec version on "
-            f"the client and in the worker image"
-        )
+        raise ProtocolVersionError(d["v"])
     try:
         kind = d["type"]
         if kind == "tasks":
@@ -216,10 +332,15 @@ def decode(body: str) -> Message:
                 [TaskEntry.from_json(t) for t in d["tasks"]],
                 {k: unb64(v) for k, v in d.get("fns", {}).items()},
                 int(d.get("prior_attempts", 0)),
+                dict(d.get("refs", {})),
             )
         if kind == "results":
             return ResultMessage(
                 d["session"], d["worker"], [ResultEntry.from_json(r) for r in d["results"]]
+            )
+        if kind == "output":
+            return OutputMessage(
+                d["session"], d["worker"], [OutputLine.from_json(x) for x in d["lines"]]
             )
         if kind == "worker":
             return WorkerEvent(
@@ -227,10 +348,18 @@ def decode(body: str) -> Message:
                 d["worker"],
                 d["event"],
                 unb64(d["error"]) if "error" in d else None,
+                str(d.get("message", "")),
+                d.get("info"),
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed batchexec message: {exc!r}") from None
     raise ProtocolError(f"unknown batchexec message type {kind!r}")
+
+
+def script_digest(source: bytes) -> str:
+    """Content address of the client's main script (SessionSettings.main_digest): a worker
+    uses its own copy of the file only when this matches, else the copy shipped in S3."""
+    return hashlib.blake2b(source).hexdigest()
 
 
 def session_attributes(session: str) -> dict:

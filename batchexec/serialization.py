@@ -1,9 +1,27 @@
 """Pickling of calls, results and exceptions, with errors that say what to do.
 
-cloudpickle pickles lambdas, closures and functions defined in ``__main__`` by value; anything
-importable is pickled by reference and must be importable on the worker too. Every failure
-here becomes a :class:`SerializationError` on the one future concerned, never a dead worker
-or a stuck dispatcher.
+What goes by reference and what by value follows multiprocessing's spawn, so scripts written
+for ProcessPoolExecutor behave the same:
+
+- Functions and classes of the client's main *script* go by reference to ``__main__``. Workers
+  import the script under the name ``__mp_main__`` (its ``if __name__ == "__main__":`` block
+  does not run) and alias it as ``__main__``, so one module namespace per worker process is
+  shared by the initializer and every task, and module globals travel once (as the script)
+  instead of with every callable.
+- Lambdas, closures and functions of interactive sessions (a REPL, Jupyter) go by value
+  (cloudpickle), but every by-value function of one module is bound to one shared namespace in
+  the worker. Unpickling a function adds the globals it brings only where the namespace lacks
+  them (data set by the initializer or an earlier task is kept) and replaces functions and
+  classes (the newest definition of code wins).
+- Anything importable goes by reference and must be importable on the worker.
+- Large buffers inside arguments (bytes, bytearray, numpy arrays of BLOB_THRESHOLD bytes or
+  more) are pickled apart as content-addressed blobs: the executor uploads each distinct blob
+  once per session, however many tasks carry it, and a worker unpickles it once.
+- Open file objects are refused in every mode: pass the path and open it in the task.
+
+Every failure here becomes a :class:`SerializationError` on the one future concerned (a
+``pickle.PicklingError``, and a ``TypeError`` where pickle itself raised one, so existing
+``except`` clauses keep working), never a dead worker or a stuck dispatcher.
 
 Remote exceptions travel with their formatted traceback and are re-raised on the client with
 that traceback chained as ``__cause__``, as ProcessPoolExecutor does.
@@ -12,14 +30,27 @@ that traceback chained as ``__cause__``, as ProcessPoolExecutor does.
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import pickle
+import sys
 import traceback
+import types
+from collections import OrderedDict
 
 import cloudpickle
+from cloudpickle import cloudpickle as _cp
 
-from .errors import RemoteTraceback, SerializationError
+from .errors import RemoteTraceback, SerializationError, SerializationTypeError
 
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+#: Buffers at least this large inside arguments are pickled apart and uploaded once per
+#: session: below it, a second S3 request costs more than resending the bytes.
+BLOB_THRESHOLD = 256 * 1024
+#: Distinct large buffers a worker keeps unpickled (least recently used go first).
+BLOB_CACHE_SIZE = 8
+#: The module name workers give the client's main script (as multiprocessing's spawn does).
+MAIN_MODULE_ALIAS = "__mp_main__"
 
 
 def describe(fn) -> str:
@@ -33,22 +64,259 @@ def describe(fn) -> str:
     return f"{module}.{name}" if module and module != "builtins" else name
 
 
-def dumps(obj, what: str) -> bytes:
-    """cloudpickle ``obj``; ``what`` names it in the error ("argument of task 3", ...)."""
+def digest(data: bytes) -> str:
+    """Content address of pickled bytes (callables, blobs, scripts)."""
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+# -- the client's main script ------------------------------------------------------------------
+
+
+def main_script_path() -> str | None:
+    """The client's main script, when it runs one (``python script.py``), else None.
+
+    None for interactive sessions and ``python -c``; also for ``python -m pkg.mod``, whose
+    module is importable by name on any worker that has the package.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or getattr(main, "__spec__", None) is not None:
+        return None
+    path = os.path.abspath(path)
+    return path if os.path.isfile(path) else None
+
+
+def _lookup(module, qualname: str):
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# -- shared namespaces of by-value functions ---------------------------------------------------
+
+_namespaces: dict[str, dict] = {}
+
+
+def shared_namespace(module: str) -> dict:
+    """The one global namespace of by-value functions of ``module`` in this process."""
+    script = sys.modules.get(MAIN_MODULE_ALIAS)
+    if module == "__main__" and getattr(script, "__name__", None) == MAIN_MODULE_ALIAS:
+        return vars(script)  # the client's script, imported by the runner
+    ns = _namespaces.get(module)
+    if ns is None:
+        ns = _namespaces[module] = {"__name__": module, "__builtins__": __builtins__}
+    return ns
+
+
+def _shared_function_setstate(obj, state):
+    """cloudpickle's function setstate, but merging into a shared namespace: data already
+    there is kept (state the initializer or a task set), code is replaced."""
+    state, slotstate = state
+    obj.__dict__.update(state)
+    new_globals = slotstate.pop("__globals__")
+    closure = slotstate.pop("__closure__")
+    slotstate.pop("_cloudpickle_submodules")
+    namespace = obj.__globals__
+    for k, v in new_globals.items():
+        if k not in namespace or isinstance(v, (types.FunctionType, type)):
+            namespace[k] = v
+    namespace.setdefault("__builtins__", __builtins__)
+    if closure is not None:
+        for i, cell in enumerate(closure):
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                continue
+            obj.__closure__[i].cell_contents = value
+    for k, v in slotstate.items():
+        setattr(obj, k, v)
+
+
+class _Blob:
+    """Placeholder: a persistent id's payload, resolved by the unpickler's blob table."""
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle with batchexec's rules (see the module docstring)."""
+
+    def __init__(self, file, *, main_by_reference: bool, extract_blobs: bool):
+        super().__init__(file, protocol=PICKLE_PROTOCOL)
+        self.main_by_reference = main_by_reference
+        self.blobs: dict[str, bytes] = {}
+        if extract_blobs:  # a Python call per object: only when asked for
+            self.persistent_id = self._blob_id
+
+    def reducer_override(self, obj):
+        if isinstance(obj, types.CodeType):
+            return _code_reduce_keeping_filename(obj)
+        if isinstance(obj, types.MethodType):
+            # A bound method of something picklable goes as getattr(owner, name), as pickle
+            # does: cloudpickle would send a classmethod of an importable class by value.
+            name = getattr(obj.__func__, "__name__", None)
+            try:
+                same = name is not None and getattr(obj.__self__, name) == obj
+            except Exception:
+                same = False
+            if same:
+                return getattr, (obj.__self__, name)
+        if isinstance(obj, io.IOBase):
+            raise SerializationTypeError(
+                f"an open file object ({obj!r}) cannot be sent to a worker, whatever its "
+                f"mode: pass its path (or an s3:// URI) and open it inside the task"
+            )
+        if self.main_by_reference and getattr(obj, "__module__", None) == "__main__" and (
+            isinstance(obj, (types.FunctionType, type))
+        ):
+            qualname = getattr(obj, "__qualname__", "")
+            try:
+                found = "<locals>" not in qualname and _lookup(sys.modules["__main__"],
+                                                               qualname) is obj
+            except AttributeError:
+                found = False
+            if found:
+                return NotImplemented  # pickle's own save_global: "__main__", qualname
+        return super().reducer_override(obj)
+
+    def _function_getnewargs(self, func):
+        code, base_globals, name, defaults, closure = super()._function_getnewargs(func)
+        module = func.__globals__.get("__name__")
+        if isinstance(module, str):
+            base_globals = _NamespaceRef(module)
+        return code, base_globals, name, defaults, closure
+
+    def _dynamic_function_reduce(self, func):
+        newargs = self._function_getnewargs(func)
+        state = _cp._function_getstate(func)
+        setstate = (_shared_function_setstate if isinstance(newargs[1], _NamespaceRef)
+                    else _cp._function_setstate)
+        return (_cp._make_function, newargs, state, None, None, setstate)
+
+    def _blob_id(self, obj):
+        t = type(obj)
+        if t is bytes or t is bytearray:
+            size = len(obj)
+        elif t.__module__ == "numpy" and t.__name__ == "ndarray":
+            size = obj.nbytes
+        else:
+            return None
+        if size < BLOB_THRESHOLD:
+            return None
+        data = cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+        key = digest(data)
+        self.blobs[key] = data
+        return ("blob", key)
+
+
+def _code_reduce_keeping_filename(code: types.CodeType):
+    """cloudpickle's code reduction, but keeping the real file name (cloudpickle writes
+    "<dynamic-code>"), so that tracebacks of lambdas and closures name their file and line,
+    and the worker's linecache can show the line (the client's script is registered there)."""
+    reduced = _cp._code_reduce(code)
+    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in reduced[1])
+    return (reduced[0], args, *reduced[2:])
+
+
+class _NamespaceRef:
+    """Pickles as a call that returns the worker's shared namespace of one module."""
+
+    def __init__(self, module: str):
+        self.module = module
+
+    def __reduce__(self):
+        return shared_namespace, (self.module,)
+
+
+def dumps(obj, what: str, *, blobs: dict[str, bytes] | None = None) -> bytes:
+    """Pickle ``obj`` by batchexec's rules; ``what`` names it in errors ("arguments of task
+    3"). With ``blobs`` given, large buffers are pickled apart into it (digest -> bytes).
+
+    Buffers are looked for only when the whole pickle is large enough to hold one: the
+    per-object hook costs a Python call per object, which small payloads (most tasks, and
+    dask's many tiny ones) should not pay.
+    """
+    data = _dump(obj, what, None)
+    if blobs is not None and len(data) >= BLOB_THRESHOLD:
+        data = _dump(obj, what, blobs)
+    return data
+
+
+def _dump(obj, what: str, blobs: dict[str, bytes] | None) -> bytes:
+    buf = io.BytesIO()
+    pickler = Pickler(buf, main_by_reference=main_script_path() is not None,
+                      extract_blobs=blobs is not None)
     try:
-        return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+        pickler.dump(obj)
+    except SerializationError:
+        raise
     except Exception as exc:
-        raise SerializationError(
+        kind = SerializationTypeError if isinstance(exc, TypeError) else SerializationError
+        raise kind(
             f"cannot pickle the {what}: {type(exc).__name__}: {exc}. Objects sent to workers "
             f"must be picklable (no open files, locks, sockets or live clients): pass a path "
             f"or plain data instead and open the resource inside the function"
         ) from exc
+    if blobs is not None:
+        blobs.update(pickler.blobs)
+    return buf.getvalue()
 
 
-def loads(data: bytes, what: str):
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, blobs):
+        super().__init__(file)
+        self.blobs = blobs
+
+    def persistent_load(self, pid):
+        kind, key = pid
+        if kind != "blob":
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        return self.blobs[key]
+
+
+class BlobTable:
+    """A runner's large buffers by digest: each unpickled once while recently used.
+
+    The supervisor hands over the pickled bytes with every task that needs them (``add``);
+    a buffer still cached from an earlier task is not unpickled again, so a large object
+    shared by a whole map costs one unpickle per worker, not one per task.
+    """
+
+    def __init__(self, capacity: int = BLOB_CACHE_SIZE):
+        self.capacity = capacity
+        self._objects: OrderedDict[str, object] = OrderedDict()
+        self._pending: dict[str, bytes] = {}
+
+    def add(self, key: str, data: bytes) -> None:
+        if key not in self._objects:
+            self._pending[key] = data
+
+    def clear_pending(self) -> None:
+        self._pending.clear()
+
+    def __getitem__(self, key: str):
+        obj = self._objects.get(key, _MISSING)
+        if obj is not _MISSING:
+            self._objects.move_to_end(key)
+            return obj
+        try:
+            data = self._pending.pop(key)
+        except KeyError:
+            raise pickle.UnpicklingError(f"large buffer {key} was not delivered") from None
+        obj = self._objects[key] = pickle.loads(data)
+        while len(self._objects) > self.capacity:
+            self._objects.popitem(last=False)
+        return obj
+
+
+_MISSING = object()
+
+
+def loads(data: bytes, what: str, blobs=None):
     """Unpickle ``data``; a missing module becomes an error that says how to ship the code."""
     try:
-        return pickle.loads(data)
+        if blobs is None:
+            return pickle.loads(data)
+        return _Unpickler(io.BytesIO(data), blobs).load()
     except ModuleNotFoundError as exc:
         raise SerializationError(
             f"cannot unpickle the {what}: module {exc.name!r} is not importable here. Install "
@@ -59,11 +327,6 @@ def loads(data: bytes, what: str):
         raise SerializationError(
             f"cannot unpickle the {what}: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def digest(data: bytes) -> str:
-    """Content address of a pickled callable: packs carry each distinct callable once."""
-    return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
 class RemoteException:

@@ -9,6 +9,7 @@ source tree, a copy in a built wheel), which is where `load_template` reads it.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -22,9 +23,20 @@ from .errors import BatchExecError, ConfigurationError, StackNotFoundError
 
 #: The Outputs the executor reads; a stack missing any of them is not a batchexec stack.
 STACK_OUTPUTS = (
-    "BucketName", "DeadLetterQueueUrl", "DeadLetterQueueArn", "JobQueueArn", "JobDefinitionArn",
-    "ComputeEnvironmentArn", "LogGroupName", "RepositoryUri", "DefaultWorkers",
+    "BucketName", "DeadLetterQueueUrl", "DeadLetterQueueArn", "SessionQueuePrefix",
+    "JobQueueArn", "JobDefinitionArn", "ComputeEnvironmentArn", "LogGroupName", "RepositoryUri",
+    "DefaultWorkers",
 )  # fmt: skip
+#: Between the stack name and the session in session queue names. CloudFormation stack names
+#: cannot contain it, so the job role's pattern "<stack>_*" matches exactly this stack's
+#: session queues: never those of a stack whose name extends this one ("a" vs "a-b"), nor
+#: the stack's own dead-letter queue ("<stack>-dead-letter", send-only for workers).
+SESSION_QUEUE_SEPARATOR = "_"
+#: Where session payloads live in the stack's bucket: sessions/<session>/...
+SESSION_KEY_PREFIX = "sessions/"
+#: Tags every session queue carries (set by the client at CreateQueue).
+SESSION_TAG = "batchexec:session"
+STACK_TAG = "batchexec:stack"
 #: States in which the stack's resources exist and its Outputs are valid.
 USABLE_STATES = frozenset({
     "CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_IN_PROGRESS",
@@ -33,7 +45,7 @@ USABLE_STATES = frozenset({
     "IMPORT_COMPLETE", "IMPORT_ROLLBACK_COMPLETE",
 })  # fmt: skip
 #: Stack names we deploy: lowercase (the ECR repository is named after the stack and must be
-#: lowercase) and short (session queue names "<stack>-<session>-tasks" must fit SQS's 80).
+#: lowercase) and short (session queue names "<stack>_<session>-results" must fit SQS's 80).
 STACK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 #: The template names no IAM resources explicitly, so CAPABILITY_IAM is enough.
 CAPABILITIES = ["CAPABILITY_IAM"]
@@ -64,6 +76,38 @@ class StackResources:
     log_group: str
     repository_uri: str
     default_workers: int
+    session_queue_prefix: str = ""
+
+    def session_queue_names(self, session: str) -> tuple[str, str]:
+        """(task queue, result queue) names of one session of this stack."""
+        return session_queue_names(self.name, session)
+
+
+def session_queue_prefix(stack: str) -> str:
+    """The prefix of every session queue of `stack` (what the job role may use)."""
+    return f"{stack}{SESSION_QUEUE_SEPARATOR}"
+
+
+def session_queue_names(stack: str, session: str) -> tuple[str, str]:
+    """(task queue, result queue): "<stack>_<session>-tasks", "<stack>_<session>-results"."""
+    if SESSION_QUEUE_SEPARATOR in session or not session:
+        raise ValueError(f"session id {session!r} must be non-empty and contain no "
+                         f"{SESSION_QUEUE_SEPARATOR!r}")  # fmt: skip
+    prefix = session_queue_prefix(stack)
+    return f"{prefix}{session}-tasks", f"{prefix}{session}-results"
+
+
+#: Attributes every session queue is created with: encrypted at rest like the stack's DLQ.
+SESSION_QUEUE_SECURITY_ATTRIBUTES = {"SqsManagedSseEnabled": "true"}
+
+
+def tls_only_queue_policy(queue_arn: str) -> str:
+    """The queue policy that denies every request not made over TLS (as the template gives
+    the dead-letter queue), for SetQueueAttributes(Policy=...) on a session queue."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "sqs:*",
+        "Resource": queue_arn, "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }]})  # fmt: skip
 
 
 def load_template() -> str:
@@ -111,6 +155,7 @@ def describe_stack(clients: AwsClients, name: str) -> StackResources:
         log_group=outputs["LogGroupName"],
         repository_uri=outputs["RepositoryUri"],
         default_workers=default_workers,
+        session_queue_prefix=outputs["SessionQueuePrefix"],
     )
 
 

@@ -17,7 +17,15 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from .aws import LONG_POLL_SECONDS, error_code
-from .protocol import SQS_BATCH_ENTRIES, SQS_MESSAGE_LIMIT, session_attributes
+from .protocol import (
+    MAC_ATTRIBUTE,
+    REJECTED_ATTRIBUTE,
+    SQS_BATCH_ENTRIES,
+    SQS_MESSAGE_LIMIT,
+    authentic,
+    session_attributes,
+    sign,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +63,67 @@ class Received:
     message_id: str
     receive_count: int
     attributes: dict
+    #: The body carries a valid MAC under the queue's session key (always True for a queue
+    #: opened without a key). Nothing that is not authentic may be decoded.
+    authentic: bool = True
 
 
 class MessageQueue:
-    """One SQS queue: batched sends, long-polled receives, batched deletes."""
+    """One SQS queue: batched sends, long-polled receives, batched deletes.
 
-    def __init__(self, sqs, url: str):
+    Opened with the session's ``key``, it signs what it sends (HMAC-SHA256 of the body, in
+    the ``batchexec-mac`` attribute) and marks what it receives as authentic or not.
+    """
+
+    def __init__(self, sqs, url: str, key: bytes | None = None):
         self.sqs = sqs
         self.url = url
+        self.key = key
 
     def __repr__(self) -> str:
         return f"MessageQueue({self.url.rsplit('/', 1)[-1]})"
 
     def send(self, bodies: list[str], session: str) -> None:
-        """Send bodies with the session's attributes, as few SendMessageBatch calls as fit."""
+        """Send bodies; TransportError if any of them could not be sent."""
+        errors = [e for e in self.send_each(bodies, session) if e is not None]
+        if errors:
+            raise TransportError(f"{len(errors)} message(s) to {self} failed: {errors[0]}")
+
+    def send_each(self, bodies: list[str], session: str, *,
+                  rejected: str = "") -> list[str | None]:
+        """Send bodies with the session's attributes, in as few SendMessageBatch calls as fit.
+
+        Returns, per body, None if SQS accepted it or the reason it did not (after retrying
+        the entries the service reported as failed): a batch can partly succeed, and the
+        caller must not treat accepted messages as lost. A call that fails as a whole raises
+        (QueueGone when the queue was deleted, else TransportError). ``rejected``: forward
+        bodies that failed authentication, unsigned, with the reason as an attribute.
+        """
         attrs = session_attributes(session)
+        if rejected:
+            attrs[REJECTED_ATTRIBUTE] = {"DataType": "String", "StringValue": rejected}
+        signing = self.key is not None and not rejected
         attr_size = sum(
             len(k) + len(v["StringValue"]) + len(v["DataType"]) for k, v in attrs.items()
-        )
-        for group in _size_groups(bodies, attr_size):
+        ) + (len(MAC_ATTRIBUTE) + 64 + 6 if signing else 0)
+        errors: list[str | None] = [None] * len(bodies)
+        for group in _size_groups(list(enumerate(bodies)), attr_size, errors):
             entries = [
-                {"Id": str(i), "MessageBody": body, "MessageAttributes": attrs}
-                for i, body in enumerate(group)
+                {"Id": str(i), "MessageBody": body,
+                 "MessageAttributes": _with_mac(attrs, self.key, body) if signing else attrs}
+                for i, body in group
             ]
-            self._send_entries(entries)
+            for index, reason in self._send_entries(entries).items():
+                errors[index] = reason
+        return errors
 
-    def _send_entries(self, entries: list[dict]) -> None:
+    def _send_entries(self, entries: list[dict]) -> dict[int, str]:
+        """One batch, retrying failed entries; returns {body index: reason} of those given up.
+
+        Entries SQS blames on the sender (too large, malformed) fail at once; the others
+        (throttled, internal errors) are sent again, up to _ENTRY_RETRIES times.
+        """
+        given_up: dict[int, str] = {}
         for _ in range(_ENTRY_RETRIES):
             try:
                 resp = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
@@ -88,14 +131,18 @@ class MessageQueue:
                 if is_queue_gone(exc):
                     raise QueueGone(f"{self} no longer exists") from exc
                 raise TransportError(f"sending to {self} failed: {exc}") from exc
-            failed = resp.get("Failed") or []
-            if not failed:
-                return
-            if any(f.get("SenderFault") for f in failed):
-                raise TransportError(f"{self} rejected messages: {failed[0].get('Message')}")
             by_id = {e["Id"]: e for e in entries}
-            entries = [by_id[f["Id"]] for f in failed]
-        raise TransportError(f"{self} kept failing {len(entries)} messages after retries")
+            entries = []
+            for f in resp.get("Failed") or []:
+                if f.get("SenderFault"):
+                    given_up[int(f["Id"])] = f"{self} rejected the message: {f.get('Message')}"
+                else:
+                    entries.append(by_id[f["Id"]])
+            if not entries:
+                return given_up
+        for e in entries:
+            given_up[int(e["Id"])] = f"{self} kept failing the message after retries"
+        return given_up
 
     def receive(
         self, max_messages: int = SQS_BATCH_ENTRIES, wait: float = LONG_POLL_SECONDS
@@ -112,16 +159,18 @@ class MessageQueue:
             if is_queue_gone(exc):
                 raise QueueGone(f"{self} no longer exists") from exc
             raise TransportError(f"receiving from {self} failed: {exc}") from exc
-        return [
-            Received(
+        out = []
+        for m in resp.get("Messages", []):
+            attrs = {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}
+            out.append(Received(
                 m["Body"],
                 m["ReceiptHandle"],
                 m["MessageId"],
                 int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
-                {k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()},
-            )
-            for m in resp.get("Messages", [])
-        ]
+                attrs,
+                self.key is None or authentic(self.key, m["Body"], attrs.get(MAC_ATTRIBUTE)),
+            ))
+        return out
 
     def delete(self, receipts: Iterable[str]) -> None:
         receipts = list(receipts)
@@ -160,18 +209,24 @@ class MessageQueue:
                 raise
 
 
-def _size_groups(bodies: list[str], attr_size: int):
-    """Split bodies into SendMessageBatch calls: at most 10 entries and 256 KiB each."""
-    group: list[str] = []
+def _with_mac(attrs: dict, key: bytes, body: str) -> dict:
+    return {**attrs, MAC_ATTRIBUTE: {"DataType": "String", "StringValue": sign(key, body)}}
+
+
+def _size_groups(bodies: list[tuple[int, str]], attr_size: int, errors: list):
+    """Split (index, body) pairs into SendMessageBatch calls: at most 10 entries and 256 KiB
+    each. A body too large for any message gets its reason in ``errors`` and is skipped."""
+    group: list[tuple[int, str]] = []
     size = 0
-    for body in bodies:
+    for index, body in bodies:
         n = len(body.encode("utf-8")) + attr_size
         if n > SQS_MESSAGE_LIMIT:
-            raise TransportError(f"a message of {n} bytes exceeds SQS's {SQS_MESSAGE_LIMIT}")
+            errors[index] = f"a message of {n} bytes exceeds SQS's {SQS_MESSAGE_LIMIT}"
+            continue
         if group and (len(group) == SQS_BATCH_ENTRIES or size + n > SQS_MESSAGE_LIMIT):
             yield group
             group, size = [], 0
-        group.append(body)
+        group.append((index, body))
         size += n
     if group:
         yield group
@@ -200,12 +255,22 @@ class PayloadStore:
         return key
 
     def get(self, key: str) -> bytes:
-        buf = io.BytesIO()
+        """One GetObject (download_fileobj would add a HeadObject to every payload)."""
         try:
-            self.s3.download_fileobj(self.bucket, key, buf, Config=_TRANSFER)
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:
             raise TransportError(f"downloading s3://{self.bucket}/{key} failed: {exc}") from exc
-        return buf.getvalue()
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete these objects (payloads that are no longer needed), 1,000 a request."""
+        for i in range(0, len(keys), 1000):
+            try:
+                self.s3.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
+                )
+            except _AWS_ERRORS as exc:
+                raise TransportError(f"deleting payloads under {self.uri} failed: {exc}") from exc
 
     def delete_all(self) -> int:
         """Remove every object under the prefix; returns how many."""

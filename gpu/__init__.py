@@ -7,6 +7,8 @@ within the tolerances in docs/kernels.md)::
     slope(dem, geotransform, ...)       -> float32, nodata -9999
     aspect(dem, geotransform, ...)      -> float32, nodata -9999
     nearest_centroid(pixels, centroids) -> int32 labels 1..k, 0 = nodata
+    segment(image, centres=None, ...)   -> Segmentation (uint32 segments, 0 = null; centres)
+    segment_raster(executor, src, dst)  -> tiled segmentation of a raster through any executor
     device_info()                       -> str
 
 Tiled apply (gpu/applier.py): a user function over blocks of aligned rasters, on any
@@ -19,20 +21,22 @@ Device selection, build caching and environment variables: gpu/device.py.
 
 from gpu.classify import nearest_centroid
 from gpu.device import device_info
+from gpu.segmentation import Segmentation, SegmentInputError, segment
 from gpu.terrain import aspect, hillshade, slope
 
-__all__ = ["Block", "Input", "Output", "apply", "aspect", "device_info", "hillshade",
-           "nearest_centroid", "slope"]
+__all__ = ["Block", "Input", "Output", "Segmentation", "SegmentInputError", "apply", "aspect",
+           "device_info", "hillshade", "nearest_centroid", "segment", "segment_raster", "slope"]
 
-#: Names served lazily from gpu.applier: it needs GDAL (the `gdal` extra), which the kernels
-#: alone do not, so `import gpu` keeps working without it.
-_APPLIER_NAMES = frozenset({"Block", "Input", "Output", "apply"})
+#: Names served lazily: the tiled apply and the tiled segmentation need GDAL's bindings (the
+#: `gdal` extra), which the kernels alone do not, so `import gpu` keeps working without them.
+_LAZY = {"Block": "gpu.applier", "Input": "gpu.applier", "Output": "gpu.applier",
+         "apply": "gpu.applier", "segment_raster": "gpu.segment_tiled"}
 
 
 def __getattr__(name):
-    if name in _APPLIER_NAMES:
-        from gpu import applier
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
 
-        return getattr(applier, name)
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'gpu' has no attribute {name!r}")
-

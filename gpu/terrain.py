@@ -40,7 +40,7 @@ FLAG_TRIGONOMETRIC = 2
 
 # Arithmetic precision per mode. float keeps the CPU vector units twice as wide; double is
 # used where float rounding would be visible against gdaldem's double arithmetic.
-PRECISION = {"hillshade": "float", "combined": "float", "multidirectional": "float",
+PRECISION = {"hillshade": "float", "combined": "float", "multidirectional": "double",
              "slope": "float", "aspect": "float"}
 
 # Work-group shape of the interior kernel, per device kind. On PoCL the work-group is the

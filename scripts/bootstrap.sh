@@ -10,7 +10,9 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need_apt=()
-for pkg in gdal-bin libgdal-dev python3-venv python3-dev gcc g++; do
+# libpython3.11-testsuite: CPython's own concurrent.futures tests, which
+# tests/test_cpython_futures.py runs against BatchExecutor.
+for pkg in gdal-bin libgdal-dev python3-venv python3-dev gcc g++ libpython3.11-testsuite; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -35,7 +37,25 @@ fi
 
 stamp=.venv/.batchexec-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "bootstrap: installing batchexec with extras gpu, gdal, dev"
-  "$VPY" -m pip install -q -e ".[gpu,gdal,dev]"
+  echo "bootstrap: installing batchexec with extras gpu, gdal, emulator, dev"
+  "$VPY" -m pip install -q -e ".[gpu,gdal,emulator,dev]"
   touch "$stamp"
+fi
+
+# checkov (the template's security lint) pins older boto3/networkx/packaging than the project
+# uses, so it gets a virtual environment of its own; its version range is setup.cfg's
+# "checkov" extra.
+ckstamp=.venv/checkov/.installed
+if [ ! -f "$ckstamp" ] || [ setup.cfg -nt "$ckstamp" ]; then
+  requirement=$("$VPY" - <<'PY'
+import configparser
+cfg = configparser.ConfigParser()
+cfg.read("setup.cfg")
+print(" ".join(cfg["options.extras_require"]["checkov"].split()))
+PY
+)
+  echo "bootstrap: installing $requirement into .venv/checkov"
+  [ -x .venv/checkov/bin/python ] || "$VPY" -m venv .venv/checkov
+  .venv/checkov/bin/python -m pip install -q $requirement
+  touch "$ckstamp"
 fi

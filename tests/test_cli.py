@@ -96,8 +96,10 @@ def test_usage_errors_exit_2():
 def test_help_lists_the_subcommands():
     r = batchexec("--help")
     assert r.returncode == 0
-    for command in ("local", "stack", "worker"):
+    for command in ("local", "stack", "worker", "gc"):
         assert command in r.stdout
+    r = batchexec("worker", "--help")
+    assert r.returncode == 0 and "--self-check" in r.stdout
 
 
 def test_console_script_is_the_same_program():
@@ -115,3 +117,34 @@ def test_worker_subcommand_delegates_to_batchexec_worker_main(monkeypatch):
     monkeypatch.setitem(sys.modules, "batchexec.worker", fake)
     assert cli.main(["worker"]) == 7
     assert calls == [None]
+
+
+#: Run Python with moto (the emulator extra) made unimportable, as in a base install.
+WITHOUT_MOTO = """
+import importlib.abc, sys
+class NoEmulatorExtra(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "moto":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+sys.meta_path.insert(0, NoEmulatorExtra())
+"""
+
+
+def test_without_the_emulator_extra_the_executor_says_what_to_install(clean_env):
+    code = WITHOUT_MOTO + (
+        "from batchexec import BatchExecutor\n"
+        "from batchexec.emulator import EmulatorNotInstalledError\n"
+        "try:\n    BatchExecutor()\n"
+        "except EmulatorNotInstalledError as exc:\n    print(exc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 1 and "pip install 'batchexec[emulator]'" in r.stdout
+    assert "BATCHEXEC_STACK" in r.stdout
+
+
+def test_batchexec_local_without_the_emulator_extra_is_one_line():
+    code = WITHOUT_MOTO + "from batchexec.cli import main\nsys.exit(main(['local']))\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(r, "pip install 'batchexec[emulator]'")

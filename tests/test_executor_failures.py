@@ -65,10 +65,14 @@ def test_poison_task_fails_after_max_attempts_others_succeed(make_executor, tmp_
     assert attempts(tmp_path, 5) == 2
 
 
-def test_initializer_failure_breaks_the_executor(make_executor):
+def test_initializer_failure_breaks_the_executor(make_executor, caplog):
     ex = make_executor(1, initializer=tf.init_raises, initargs=("no GPU here",))
     f = ex.submit(tf.square, 2)
     err = f.exception(timeout=120)
+    # Logged at CRITICAL with the remote traceback, as ProcessPoolExecutor does.
+    (record,) = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert "initializer" in record.getMessage()
+    assert "no GPU here" in str(record.exc_info[1].__cause__)
     assert isinstance(err, WorkersUnavailableError)
     assert isinstance(err, cf.BrokenExecutor)
     assert "initializer raised" in str(err) and "no GPU here" in str(err)
@@ -139,6 +143,9 @@ def test_workers_exit_when_the_session_ends(make_executor, emulator):
 def test_bad_options_are_rejected(clean_env, emulator):
     with pytest.raises(ValueError, match="max_workers"):
         BatchExecutor(0, stack="x", endpoint_url=emulator.endpoint_url)
+    for wrong in (True, 2.0, "4"):
+        with pytest.raises(TypeError, match="max_workers must be an int"):
+            BatchExecutor(wrong, stack="x", endpoint_url=emulator.endpoint_url)
     with pytest.raises(TypeError, match="unexpected keyword"):
         BatchExecutor(stack="x", endpoint_url=emulator.endpoint_url, visibilty_timeout=3)
 

@@ -130,3 +130,27 @@ def test_input_validation():
         gpu.nearest_centroid(pix.astype(bool), np.zeros((2, 3)))
     assert isinstance(ClassifyInputError("x"), ValueError)
     assert gpu.nearest_centroid(np.zeros((3, 0, 5), np.float32), np.zeros((2, 3))).shape == (0, 5)
+
+
+@pytest.mark.parametrize("device_fp64", [None, False], ids=["device", "host-fallback"])
+def test_float32_near_ties_are_decided_in_float64(device_fp64):
+    """2^24 is equidistant from both centres once they are rounded to float32 (both become
+    2^24); in float64 the second is nearer. The refinement must find that."""
+    pixels = np.array([[[16777216.0, 16777000.0]]], np.float32)
+    centres = np.array([[16777216.6], [16777215.5]])
+    got = gpu.nearest_centroid(pixels, centres, device_fp64=device_fp64)
+    np.testing.assert_array_equal(got, [[2, 2]])
+    plain = gpu.nearest_centroid(pixels, centres, refine=False)
+    assert plain[0, 0] == 1  # float32 alone calls it a tie (lowest index): the check can fail
+
+
+def test_many_pixels_and_partial_last_block():
+    """The kernel labels 8 pixels per work-item; sizes that are not multiples of 8 use the
+    scalar tail path and must agree with a float64 reference."""
+    rng = np.random.default_rng(2)
+    centres = rng.uniform(0, 100, (7, 2))
+    for n in (1, 7, 8, 9, 1001):
+        pix = rng.uniform(0, 100, (2, 1, n)).astype(np.float32)
+        d = ((pix.reshape(2, -1).T[:, None, :].astype(np.float64) - centres[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(gpu.nearest_centroid(pix, centres)[0],
+                                      np.argmin(d, axis=1) + 1)

@@ -24,13 +24,20 @@ from batchexec.tasks import INITIAL_PACK, MAX_PACK, TaskTable, WorkItem
 from batchexec.threads import ServiceThread
 
 
+def enqueue(table, work):
+    table.reserve(work.future)
+    assert table.add(work)
+
+
 def item(i, fn=b"fn", args=b"args"):
     return WorkItem(str(i), Future(), "f", fn, digest(fn), args)
 
 
 def test_task_message_round_trip():
-    msg = TaskMessage("s1", [TaskEntry("1", fn="d", args=b"\x00\xff"), TaskEntry("2", ref="k")],
-                      {"d": b"pickled"}, prior_attempts=2)
+    msg = TaskMessage("s1", [TaskEntry("1", fn="d", args=b"\x00\xff"),
+                             TaskEntry("2", fn="big", ref="k", blobs=["b1"])],
+                      {"d": b"pickled"}, prior_attempts=2, refs={"big": "s/blobs/big",
+                                                                 "b1": "s/blobs/b1"})
     back = protocol.decode(msg.encode())
     assert back == msg
 
@@ -45,17 +52,13 @@ def test_result_and_event_round_trip():
 
 def test_other_versions_and_garbage_are_clear_errors():
     body = json.loads(TaskMessage("s", []).encode())
-    body["v"] = 2
-    with pytest.raises(protocol.ProtocolError, match="version 2 is not supported.*same batchexec"):
+    body["v"] = 1
+    with pytest.raises(protocol.ProtocolError, match="version 1 is not supported.*same batchexec"):
         protocol.decode(json.dumps(body))
     with pytest.raises(protocol.ProtocolError, match="not JSON"):
         protocol.decode("hello")
     with pytest.raises(protocol.ProtocolError, match="malformed"):
-        protocol.decode('{"v": 1, "type": "tasks"}')
-
-
-def test_frame_call_round_trip():
-    assert protocol.unframe_call(protocol.frame_call(b"abc", b"defg")) == (b"abc", b"defg")
+        protocol.decode('{"v": 2, "type": "tasks"}')
 
 
 def test_single_keeps_only_its_callable():
@@ -65,14 +68,22 @@ def test_single_keeps_only_its_callable():
     assert one.fns == {"b": b"B"} and one.tasks == [msg.tasks[1]] and one.prior_attempts == 1
 
 
+def test_single_keeps_only_its_references():
+    msg = TaskMessage("s", [TaskEntry("1", fn="a", args=b"", blobs=["x"]),
+                            TaskEntry("2", fn="b", ref="r2", blobs=["y"])],
+                      {"a": b"A"}, refs={"b": "k/b", "x": "k/x", "y": "k/y"})
+    one = msg.single(msg.tasks[1], prior_attempts=0)
+    assert one.fns == {} and one.refs == {"b": "k/b", "y": "k/y"}
+
+
 def test_packing_starts_small_then_follows_task_duration():
     table = TaskTable(credits=4)
     for i in range(2000):
-        table.add(item(i))
+        enqueue(table, item(i))
     packs = table.take_packs(10)
     assert [len(p) for p in packs] == [INITIAL_PACK] * 4
     for p in packs:
-        table.register_message(p)
+        table.register_message([(i, None) for i in p])
     assert table.credits == 0
     # Results measured at 1 ms a task: packs of 0.5 s / 1 ms = 500, capped at MAX_PACK.
     for p in packs:
@@ -84,7 +95,7 @@ def test_packing_starts_small_then_follows_task_duration():
 
 def test_low_load_sends_one_task_per_message():
     table = TaskTable(credits=4)
-    table.add(item(0))
+    enqueue(table, item(0))
     assert [len(p) for p in table.take_packs(10)] == [1]
 
 
@@ -92,7 +103,7 @@ def test_long_tasks_go_one_per_message():
     table = TaskTable(credits=2)
     table.mean_seconds = 2.0
     for i in range(10):
-        table.add(item(i))
+        enqueue(table, item(i))
     assert [len(p) for p in table.take_packs(10)] == [1, 1]
 
 
@@ -100,9 +111,9 @@ def test_resolution_is_exactly_once_and_returns_credit_per_message():
     table = TaskTable(credits=1)
     items = [item(i) for i in range(3)]
     for it in items:
-        table.add(it)
+        enqueue(table, it)
     (pack,) = table.take_packs(10)
-    table.register_message(pack)
+    table.register_message([(i, None) for i in pack])
     assert table.credits == 0
     assert table.resolve("0") is not None
     assert table.resolve("0") is None  # duplicate
@@ -132,7 +143,7 @@ def test_dispatcher_splits_messages_under_the_size_limit():
     for batch, body in out:
         assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT
         msg = protocol.decode(body)
-        assert len(msg.fns) == 1 and [t.task_id for t in msg.tasks] == [b.task_id for b in batch]
+        assert len(msg.fns) == 1 and [t.task_id for t in msg.tasks] == [b.task_id for b, _ in batch]
 
 
 def test_session_settings_round_trip_through_environment():
@@ -148,6 +159,20 @@ def test_executor_options_are_validated():
         ExecutorOptions(max_attempts=0)
     with pytest.raises(ConfigurationError, match="inline_limit"):
         ExecutorOptions(inline_limit=10**9)
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("visibility_timeout", 2.5, r"an integer in \[1, 43200\]"),
+    ("visibility_timeout", 43201, r"\[1, 43200\].*12 hours|SQS VisibilityTimeout"),
+    ("max_attempts", 1000, r"\[1, 999\].*maxReceiveCount"),
+    ("max_attempts", True, "an integer"),
+    ("max_task_seconds", 50_000, r"\[1, 41400\].*12 hours"),
+    ("forward_output", "yes", "True or False"),
+    ("start_timeout", -1, r"\[1, 604800\]"),
+])
+def test_options_outside_aws_limits_are_refused_with_the_range(name, value, allowed):
+    with pytest.raises(ConfigurationError, match=f"{name} must be.*{allowed}"):
+        ExecutorOptions(**{name: value})
 
 
 def test_pickling_errors_say_what_to_do():

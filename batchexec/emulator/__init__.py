@@ -5,6 +5,14 @@ one for an executor that was given no stack and no endpoint. Importing this pack
 cheap: moto is imported only by the server process.
 """
 
-from .embedded import EmbeddedEmulator, EmulatorStartError
+from .embedded import (
+    EmbeddedEmulator,
+    EmulatorNotInstalledError,
+    EmulatorStartError,
+    require_emulator_extra,
+)
 
-__all__ = ["EmbeddedEmulator", "EmulatorStartError"]
+__all__ = [
+    "EmbeddedEmulator", "EmulatorNotInstalledError", "EmulatorStartError",
+    "require_emulator_extra",
+]  # fmt: skip

@@ -95,6 +95,19 @@ class ControlMiddleware:
             if what == "faults" and method == "DELETE":
                 self._faults.clear()
                 return _json(start_response, 200, {})
+        if what == "capacity" and method == "GET":
+            from . import jobs
+
+            return _json(start_response, 200, jobs.capacity.state())
+        if what == "capacity" and method == "POST":
+            from . import jobs
+
+            try:
+                spec = json.loads(_read_body(environ) or b"{}")
+                jobs.capacity.set(bool(spec["available"]), str(spec.get("reason", "")))
+            except (ValueError, TypeError, KeyError) as exc:
+                return _json(start_response, 400, {"error": f"bad capacity spec: {exc}"})
+            return _json(start_response, 200, jobs.capacity.state())
         if what == "faults" and method == "POST":
             try:
                 spec = json.loads(_read_body(environ) or b"{}")
@@ -139,6 +152,11 @@ class EmulatorControl:
 
     def clear_faults(self) -> None:
         self.call("DELETE", "faults")
+
+    def set_capacity(self, available: bool, reason: str = "") -> dict:
+        """Make the compute environment run new jobs (True), or hold them RUNNABLE with
+        ``reason`` as their statusReason, as AWS does when no instance can be had."""
+        return self.call("POST", "capacity", {"available": available, "reason": reason})
 
 
 # -- which AWS operation is this request? -----------------------------------------------------

@@ -17,6 +17,7 @@ just as the client can (cloudpickle pickles importable functions by name).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import selectors
 import signal
@@ -36,8 +37,39 @@ CLOSE_GRACE_SECONDS = 5.0
 WAITER_DELAY_SECONDS = 1
 
 
+#: What the emulator imports that the base install lacks (the `emulator` extra provides them).
+EMULATOR_MODULES = ("moto", "flask", "werkzeug")
+
+
 class EmulatorStartError(BatchExecError):
     """The embedded emulator did not start or could not deploy the stack."""
+
+
+class EmulatorNotInstalledError(EmulatorStartError):
+    """The emulator's dependencies (the `emulator` extra) are not installed."""
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
+def require_emulator_extra() -> None:
+    """One clear line instead of an ImportError from a server subprocess.
+
+    The base install (and the worker image) leaves moto out: it is only needed to run
+    without AWS, which is what this error says to install it for.
+    """
+    missing = [m for m in EMULATOR_MODULES if not _importable(m)]
+    if missing:
+        raise EmulatorNotInstalledError(
+            f"no stack is configured, so batchexec would run its embedded AWS emulator, but "
+            f"the emulator is not installed (missing {', '.join(missing)}): "
+            f"pip install 'batchexec[emulator]', or deploy a stack (`batchexec stack deploy "
+            f"--wait`) and set BATCHEXEC_STACK"
+        )
 
 
 class EmbeddedEmulator:
@@ -50,12 +82,13 @@ class EmbeddedEmulator:
         self.pid = proc.pid
         self._proc = proc
         # Runs once: on close(), on garbage collection, or at interpreter exit.
-        self._finalizer = weakref.finalize(self, _shutdown, proc, stderr_file)
+        self._finalizer = weakref.finalize(self, _shutdown, proc, stderr_file, os.getpid())
 
     @classmethod
     def start(cls, stack_name: str = "batchexec", parameters: dict | None = None,
               timeout: float = 60) -> EmbeddedEmulator:  # fmt: skip
         """Start the server, deploy the stack, and return once it is CREATE_COMPLETE."""
+        require_emulator_extra()
         deadline = time.monotonic() + timeout
         proc, stderr_file = _spawn_server()
         try:
@@ -75,8 +108,8 @@ class EmbeddedEmulator:
         from ..aws import AwsClients, resolve_region
         from ..stack import deploy_stack
 
-        clients = AwsClients(region=resolve_region(None, self.endpoint_url),
-                             endpoint_url=self.endpoint_url)  # fmt: skip
+        clients = AwsClients.for_emulator(resolve_region(None, self.endpoint_url),
+                                          self.endpoint_url)
         merged = {"DefaultWorkers": str(os.cpu_count() or 1), **(parameters or {})}
         try:
             deploy_stack(clients, self.stack_name, merged, wait=True,
@@ -109,6 +142,10 @@ class EmbeddedEmulator:
 
 def _spawn_server() -> tuple[subprocess.Popen, Any]:
     env = dict(os.environ)
+    # The emulator and its workers use dummy credentials, whatever the user's AWS setup.
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+        env.pop(var, None)
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     # The workers (children of the server) inherit this: they import what the client imports.
     env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
     stderr_file = tempfile.TemporaryFile(prefix="batchexec-emulator-", suffix=".log")
@@ -171,8 +208,14 @@ def _tail(stderr_file: Any, limit: int = 2000) -> str:
     return "; its stderr ends with:\n" + text[-limit:]
 
 
-def _shutdown(proc: subprocess.Popen, stderr_file: Any) -> None:
-    """SIGTERM (the server then kills its jobs), SIGKILL the group after a grace, reap."""
+def _shutdown(proc: subprocess.Popen, stderr_file: Any, owner: int | None = None) -> None:
+    """SIGTERM (the server then kills its jobs), SIGKILL the group after a grace, reap.
+
+    Only in the process that started the server: a forked child exiting must not stop its
+    parent's emulator.
+    """
+    if owner is not None and os.getpid() != owner:
+        return
     # Signal the group only while its leader is unreaped: a reaped pid may belong to someone
     # else by now. (The group holds only the server; its jobs have sessions of their own and
     # die with it through PR_SET_PDEATHSIG if it is SIGKILLed.)

@@ -61,6 +61,29 @@ _STARTING_STATES = (JobStatus.PENDING, JobStatus.RUNNABLE, JobStatus.STARTING)
 _TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
+class Capacity:
+    """Whether the compute environment can start jobs. Tests switch it off (through the
+    control plane) to see what users see when AWS has no instances: jobs wait RUNNABLE with a
+    status reason, and the executor's start_timeout must catch it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.available = True
+        self.reason = ""
+
+    def set(self, available: bool, reason: str = "") -> None:
+        with self._lock:
+            self.available = available
+            self.reason = reason or "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - no capacity"
+
+    def state(self) -> dict:
+        with self._lock:
+            return {"available": self.available, "reason": self.reason}
+
+
+capacity = Capacity()
+
+
 class ProcessRegistry:
     """Every job process this server started and that is still alive, to kill on exit."""
 
@@ -103,12 +126,16 @@ class ProcessRegistry:
 registry = ProcessRegistry()
 #: The endpoint workers use when their job names none; set by `install`.
 _endpoint: str | None = None
+#: Container mode (`batchexec local --containers`): jobs run in their image; set by `install`.
+_containers: Any = None
 
 
-def install(endpoint: str) -> None:
-    """Make moto run Batch jobs as local processes that talk to `endpoint`. Idempotent."""
-    global _endpoint
+def install(endpoint: str, containers: Any = None) -> None:
+    """Make moto run Batch jobs as local processes (or, given a ContainerRuntime, as
+    containers) that talk to `endpoint`. Idempotent."""
+    global _endpoint, _containers
     _endpoint = endpoint
+    _containers = containers
     Job = batch_models.Job
     if getattr(Job, "_batchexec_patched", False):
         return
@@ -188,6 +215,11 @@ class _LocalJob:
             if TRANSITION_DELAY:
                 time.sleep(TRANSITION_DELAY)
             job.status = state
+            if state == JobStatus.RUNNABLE:
+                while not capacity.available and not job.stop:
+                    job.job_stopped_reason = capacity.reason  # DescribeJobs' statusReason
+                    time.sleep(POLL_SECONDS)
+                job.job_stopped_reason = None
             if state == JobStatus.PENDING and job.depends_on:
                 if not job._wait_for_dependencies():
                     return None
@@ -205,9 +237,27 @@ class _LocalJob:
         job.job_started_at = datetime.now()
         job._start_attempt()
         self._open_log_stream()
+        containers = _containers
+        if containers is not None:
+            from .containers import container_environment, container_name
+
+            argv, env = containers.command(
+                job, container_environment(job, _job_variables(job), _endpoint or "")
+            )
+        else:
+            env = local_environment(job)
+        try:
+            self._run_process(argv, env)
+        finally:
+            if containers is not None:
+                containers.remove(container_name(job))
+        return None
+
+    def _run_process(self, argv: list[str], env: dict[str, str]) -> None:
+        job = self.job
         proc = subprocess.Popen(
             argv,
-            env=local_environment(job),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -243,7 +293,6 @@ class _LocalJob:
         if rc < 0:
             job._batchexec_container_reason = f"killed by signal {signal.Signals(-rc).name}"
         job._mark_stopped(success=(rc == 0 and not job.stop and not timed_out))
-        return None
 
     def _stop_before_start(self) -> None:
         self.job._mark_stopped(success=False)
@@ -296,11 +345,16 @@ class _LocalJob:
 # -- what a job runs, and with which environment --------------------------------------------
 
 
-def local_command(job: Any) -> list[str]:
-    """The container command as a local argv: `batchexec` and `python` mean this interpreter."""
+def job_command(job: Any) -> list[str]:
+    """The container command: the overrides', else the job definition's, with parameters."""
     props = job.job_definition.container_properties or {}
     command = job.container_overrides.get("command") or props.get("command") or []
-    argv = [str(a) for a in job._add_parameters_to_command(list(command))]
+    return [str(a) for a in job._add_parameters_to_command(list(command))]
+
+
+def local_command(job: Any) -> list[str]:
+    """The container command as a local argv: `batchexec` and `python` mean this interpreter."""
+    argv = job_command(job)
     if not argv:
         return []
     if argv[0] == "batchexec":

@@ -32,11 +32,17 @@ class _Stop(Exception):
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
-          exit_with_parent: bool = False, out: TextIO | None = None) -> int:  # fmt: skip
+          exit_with_parent: bool = False, out: TextIO | None = None,
+          containers: bool = False, engine: str | None = None,
+          image: str | None = None, credentials_file: str | None = None) -> int:  # fmt: skip
     """Serve until SIGINT/SIGTERM. Port 0 picks a free port. Returns the exit status.
 
     exit_with_parent: also stop when the process that started us dies, even by SIGKILL (the
     embedded emulator's client), so a killed client leaks no server and no jobs.
+    containers: run jobs as containers of their image with `engine` (containers.py), every
+    job in `image` when given.
+    credentials_file: enforce IAM from the first request; an admin user's keys are written
+    there (auth.enforce_in_server).
     """
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -45,7 +51,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     )
     from werkzeug.serving import make_server
 
-    from . import jobs
+    from . import jobs, moto_fixes, speedups
     from .control import ControlMiddleware
 
     class RequestHandler(MotoRequestHandler):
@@ -61,7 +67,18 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     endpoint = f"http://{reach}:{bound}"
     os.environ["MOTO_PORT"] = str(bound)  # moto builds some URLs (SQS queue URLs) from it
-    jobs.install(endpoint)
+    moto_fixes.install()
+    speedups.install()
+    runtime = None
+    if containers:
+        from .containers import ContainerRuntime
+
+        runtime = ContainerRuntime.find(endpoint, engine, image)
+    jobs.install(endpoint, runtime)
+    if credentials_file:
+        from .auth import enforce_in_server
+
+        enforce_in_server(credentials_file)
 
     def stop(signum, frame):
         raise _Stop()
@@ -85,6 +102,8 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_IGN if s == signal.SIGTERM else handler)
         jobs.registry.kill_all()
+        if runtime is not None:
+            runtime.remove_all()
         server.server_close()
     return 0
 

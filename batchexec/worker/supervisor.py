@@ -1,0 +1,464 @@
+"""The supervisor: the worker's main process. It owns the queues and never runs user code.
+
+    receive one task message (long poll; none once the worker is too old to finish a task
+    before Batch's job timeout)
+      ├─ another protocol version?            report "protocol_mismatch", dead-letter it
+      ├─ redelivered pack of several tasks?   split it into one message per task, delete it
+      ├─ single task past max_attempts?       forward it to the dead-letter queue, delete it
+      └─ otherwise, while the heartbeat keeps the message invisible, for each task:
+           ├─ too close to SQS's 12 h or to the job timeout to start it? hand the rest back
+           │  as a new message, stop here
+           ├─ download a large payload (raw bytes), give the call to the runner, wait:
+           │    replied          → result (and the task's output) to the outbox: sent ≤ 0.2 s
+           │    runner died      → replaced at once; the task is charged one attempt and
+           │                       retried, failing with TaskCrashedError at max_attempts
+           │    max_task_seconds → runner replaced, task fails with TaskTimeoutError
+           └─ then: outbox flushed (results durable), task message deleted
+
+User pickles may run code when loaded, so the supervisor never unpickles them: it moves
+them as bytes to the runner (runner.py), which unpickles, calls and pickles. A task can
+therefore do anything to its own process (crash it, stop it, hold its GIL) and the
+supervisor still heartbeats, reports and replaces the runner.
+
+Exit status: 0 after ``idle_timeout`` without work, when the session's queues are gone,
+or when too old to take more work; 1 when the initializer (or the client's script) raised or
+the worker's versions do not match the client's (each reported to the client first);
+128 + N when stopped by signal N (the runner's process group is killed first).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+import uuid
+
+import cloudpickle
+
+from .. import protocol
+from ..config import SQS_MAX_VISIBILITY, SessionSettings
+from ..errors import (
+    ConfigurationError,
+    InitializerCrashedError,
+    TaskCrashedError,
+    TaskTimeoutError,
+    describe_exit,
+)
+from ..protocol import ResultEntry, TaskEntry, TaskMessage, WorkerEvent
+from ..serialization import digest as content_digest
+from ..serialization import dumps_exception
+from ..transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
+from .capture import OutputCapture
+from .heartbeat import Heartbeat
+from .outbox import Outbox
+from .process import Crashed, Finished, RunnerProcess, TimedOut
+
+log = logging.getLogger("batchexec.worker")
+
+#: Receives that fail in a row (each already retried by botocore) before the worker gives up
+#: and exits 1; its held work, if any, is redelivered.
+MAX_RECEIVE_FAILURES = 5
+#: A task is not started unless SQS's 12-hour ceiling (from the message's receipt) leaves it
+#: max_task_seconds plus this margin (for sending its result and deleting the message).
+HAND_BACK_MARGIN_SECONDS = 60
+#: Content-addressed objects (large callables and buffers) kept after download, in bytes.
+DOWNLOAD_CACHE_BYTES = 512 * 2**20
+
+
+def python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def version_mismatch(settings: SessionSettings) -> str:
+    """What to do when this worker cannot load the client's pickles; "" when it can."""
+    problems, fixes = [], []
+    here_py, here_cp = python_version(), cloudpickle.__version__
+    if settings.client_python and settings.client_python != here_py:
+        problems.append(f"Python {settings.client_python} on the client, {here_py} here")
+        fixes.append(f"build the worker image with Python {settings.client_python} (docker "
+                     f"build --build-arg PYTHON_VERSION={settings.client_python} ...)")
+    if settings.client_cloudpickle and settings.client_cloudpickle != here_cp:
+        problems.append(f"cloudpickle {settings.client_cloudpickle} on the client, "
+                        f"{here_cp} here")
+        fixes.append(f"install cloudpickle=={settings.client_cloudpickle} in the image (or "
+                     f"cloudpickle=={here_cp} on the client)")
+    if not problems:
+        return ""
+    return (f"the worker cannot run this client's tasks: {'; '.join(problems)}. Pickled "
+            f"functions only load under the Python and cloudpickle versions that pickled "
+            f"them: {'; and '.join(fixes)}, then push the image and run again")
+
+
+class InitializerFailed(Exception):
+    """The runner could not import the client's script or run the initializer;
+    ``error`` is the pickled RemoteException to report."""
+
+    def __init__(self, error: bytes):
+        super().__init__("the initializer failed")
+        self.error = error
+
+
+class Supervisor:
+    def __init__(self, settings: SessionSettings, worker_id: str, tasks: MessageQueue,
+                 results: MessageQueue, dead_letters: MessageQueue,
+                 store: PayloadStore):  # fmt: skip
+        self.settings = settings
+        self.worker_id = worker_id
+        self.tasks = tasks
+        self.results = results
+        self.dead_letters = dead_letters
+        self.store = store
+        self.outbox = Outbox(results, settings.session, worker_id)
+        self.capture = OutputCapture(settings.output_limit, self.outbox.add_output)
+        self.heartbeat = Heartbeat(tasks, settings.visibility_timeout)
+        self.runner: RunnerProcess | None = None
+        self.started_at = time.monotonic()
+        self.retiring = False
+        self.tasks_run = 0
+        self.runners_started = 0
+        self._init_blobs: tuple[bytes, bytes] | None = None
+        self._downloads: dict[str, bytes] = {}  # content-addressed S3 objects, oldest first
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        handling_signals = threading.current_thread() is threading.main_thread()
+        if handling_signals:
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.outbox.start()
+        try:
+            self._event(WorkerEvent.STARTED, info={
+                "python": python_version(),
+                "cloudpickle": cloudpickle.__version__,
+                "protocol": protocol.PROTOCOL_VERSION,
+            })
+            mismatch = version_mismatch(self.settings)
+            if mismatch:
+                log.error("%s", mismatch)
+                self._event(WorkerEvent.VERSION_MISMATCH, message=mismatch)
+                return 1
+            try:
+                self._ensure_runner()
+                self.heartbeat.start()
+                self._serve()
+            except InitializerFailed as failed:
+                log.error("the initializer (or the client's script) failed: reporting it to "
+                          "the client and exiting")
+                self.outbox.flush(timeout=30)  # what it printed goes first
+                self._event(WorkerEvent.INITIALIZER_FAILED, error=failed.error)
+                return 1
+        except QueueGone:
+            log.info("session %s has ended (its queues are gone): exiting", self.settings.session)
+        finally:
+            self.heartbeat.stop()
+            self._stop_runner()
+            self.outbox.stop()
+            if handling_signals:
+                signal.signal(signal.SIGTERM, previous)
+        log.info("worker %s exiting after %d tasks (%d runner processes)", self.worker_id,
+                 self.tasks_run, self.runners_started)
+        return 0
+
+    def _on_sigterm(self, signum, frame) -> None:
+        """Batch (or the emulator) stops the job: the runner's group is not in the job's
+        process group, so take it down first, then unwind."""
+        runner = self.runner
+        if runner is not None:
+            runner.kill_group()
+        raise SystemExit(128 + signum)
+
+    def _event(self, event: str, **fields) -> None:
+        body = WorkerEvent(self.settings.session, self.worker_id, event, **fields).encode()
+        self.results.send([body], self.settings.session)
+
+    def _serve(self) -> None:
+        idle_since = time.monotonic()
+        failures = 0
+        while not self.retiring:
+            if self._too_old_for_a_task():
+                log.info("worker is %.0f s old: a new task might not finish before the job "
+                         "timeout (%.0f s); exiting so that a fresh worker takes over",
+                         time.monotonic() - self.started_at, self.settings.job_timeout)
+                return
+            remaining = self.settings.idle_timeout - (time.monotonic() - idle_since)
+            if remaining <= 0:
+                log.info("no task for %.0f s: exiting", self.settings.idle_timeout)
+                return
+            received_at = time.monotonic()
+            try:
+                received = self.tasks.receive(max_messages=1,
+                                              wait=math.ceil(min(remaining, 20)))  # fmt: skip
+                failures = 0
+            except QueueGone:
+                raise
+            except TransportError as exc:
+                failures += 1
+                log.warning("receiving a task failed (%d/%d): %s", failures,
+                            MAX_RECEIVE_FAILURES, exc)
+                if failures >= MAX_RECEIVE_FAILURES:
+                    raise
+                time.sleep(1.0)
+                continue
+            for message in received:
+                self._handle(message, received_at)
+                idle_since = time.monotonic()
+
+    def _too_old_for_a_task(self) -> bool:
+        age = time.monotonic() - self.started_at
+        return age + self.settings.max_task_seconds > self.settings.job_timeout
+
+    # -- one message ------------------------------------------------------------------------
+
+    def _handle(self, message: Received, received_at: float) -> None:
+        if not message.authentic:
+            # Not signed with this session's key: forged, tampered with, or another
+            # session's. It is never decoded, let alone unpickled or run.
+            log.error("task message %s failed authentication: moving it to the dead-letter "
+                      "queue unread", message.message_id)
+            self.dead_letters.send_each([message.body], self.settings.session,
+                                        rejected="unauthenticated task message")
+            self.tasks.delete([message.receipt])
+            return
+        try:
+            msg = protocol.decode(message.body)
+            if not isinstance(msg, TaskMessage):
+                raise protocol.ProtocolError(f"expected a task message, got {type(msg).__name__}")
+        except protocol.ProtocolVersionError as exc:
+            text = (f"worker {self.worker_id} received a task message of batchexec protocol "
+                    f"version {exc.version}, but it speaks version {exc.expected}; the message "
+                    f"went to the dead-letter queue unexecuted. Install the same batchexec "
+                    f"version on the client and in the worker image")
+            log.error("%s", text)
+            self._event(WorkerEvent.PROTOCOL_MISMATCH, message=text)
+            self._dead_letter(message)
+            return
+        except protocol.ProtocolError as exc:
+            log.error("unreadable task message %s (%s): moving it to the dead-letter queue",
+                      message.message_id, exc)
+            self._dead_letter(message)
+            return
+
+        attempts = msg.prior_attempts + message.receive_count
+        if len(msg.tasks) > 1 and message.receive_count > 1:
+            # The supervisor died while running this pack (a runner crash never causes a
+            # redelivery). Which task was to blame is unknown: give each task its own
+            # message, charged the pack's failed runs but never so many that it loses its
+            # own solo attempt.
+            log.warning("pack %s was redelivered: splitting its %d tasks",
+                        message.message_id, len(msg.tasks))
+            prior = min(attempts - 1, self.settings.max_attempts - 1)
+            singles = [msg.single(t, prior).encode() for t in msg.tasks]
+            self.tasks.send(singles, self.settings.session)
+            self.tasks.delete([message.receipt])
+            return
+        if attempts > self.settings.max_attempts:
+            log.error("task %s failed on %d attempts: moving it to the dead-letter queue",
+                      msg.tasks[0].task_id, attempts - 1)
+            self._dead_letter(message)
+            return
+
+        charged = attempts - 1  # attempts of these tasks that ended before this delivery
+        self.heartbeat.hold(message.receipt, received_at)
+        try:
+            for i, entry in enumerate(msg.tasks):
+                if self._must_hand_back(received_at):
+                    self._hand_back(msg, msg.tasks[i:], charged)
+                    break
+                self.outbox.add_result(self._run_task(msg, entry, charged))
+            self.outbox.flush()  # every result durable before the message goes
+        finally:
+            self.heartbeat.hold(None)
+        try:
+            self.tasks.delete([message.receipt])
+        except QueueGone:
+            raise
+        except TransportError as exc:  # redelivered later; its results are duplicates then
+            log.warning("deleting task message %s failed: %s", message.message_id, exc)
+
+    def _must_hand_back(self, received_at: float) -> bool:
+        """Could the next task outlive the message's 12-hour ceiling or the worker's job?"""
+        held = time.monotonic() - received_at
+        if held + self.settings.max_task_seconds + HAND_BACK_MARGIN_SECONDS > SQS_MAX_VISIBILITY:
+            return True
+        if self._too_old_for_a_task():
+            self.retiring = True
+            return True
+        return False
+
+    def _hand_back(self, msg: TaskMessage, entries: list[TaskEntry], charged: int) -> None:
+        """Put tasks not started back on the queue as a new message (before the original is
+        deleted: at least once), not charged for this delivery."""
+        log.info("handing %d task(s) back to the queue for another worker", len(entries))
+        wanted = {e.fn for e in entries} | {b for e in entries for b in e.blobs}
+        fns = {k: v for k, v in msg.fns.items() if k in wanted}
+        refs = {k: v for k, v in msg.refs.items() if k in wanted}
+        body = TaskMessage(msg.session, entries, fns, charged, refs).encode()
+        self.tasks.send([body], self.settings.session)
+
+    def _dead_letter(self, message: Received) -> None:
+        self.dead_letters.send([message.body], self.settings.session)
+        self.tasks.delete([message.receipt])
+
+    # -- one task ---------------------------------------------------------------------------
+
+    def _run_task(self, msg: TaskMessage, entry: TaskEntry, charged: int) -> ResultEntry:
+        try:
+            digest, fn_bytes, args_bytes, blobs = self._payload(msg, entry)
+        except (TransportError, protocol.ProtocolError) as exc:
+            return self._result(entry.task_id, False, dumps_exception(exc), 0.0)
+        crashes = 0
+        while True:
+            runner = self._ensure_runner()
+            self.capture.begin(entry.task_id)
+            started = time.monotonic()
+            outcome = runner.run(entry.task_id, digest, fn_bytes, args_bytes,
+                                 self.settings.max_task_seconds, blobs)  # fmt: skip
+            tail = self.capture.end()
+            self.tasks_run += 1
+            if isinstance(outcome, Finished):
+                return self._result(entry.task_id, outcome.ok, outcome.data, outcome.seconds)
+            self._stop_runner()
+            seconds = time.monotonic() - started
+            if isinstance(outcome, TimedOut):
+                log.error("task %s ran past max_task_seconds=%g: stopped it",
+                          entry.task_id, self.settings.max_task_seconds)
+                error = TaskTimeoutError(entry.task_id, self.settings.max_task_seconds, tail)
+                return self._result(entry.task_id, False, dumps_exception(error), seconds)
+            assert isinstance(outcome, Crashed)
+            crashes += 1
+            attempts = charged + crashes
+            log.warning("task %s crashed its runner (%s), attempt %d of %d", entry.task_id,
+                        describe_exit(outcome.status), attempts, self.settings.max_attempts)
+            if attempts >= self.settings.max_attempts:
+                error = TaskCrashedError(entry.task_id, attempts, outcome.status, tail)
+                return self._result(entry.task_id, False, dumps_exception(error), seconds)
+
+    def _payload(self, msg: TaskMessage, entry: TaskEntry):
+        """The task's pickled callable, arguments and large buffers, as bytes (never
+        unpickled here): from the message, or from S3 (content-addressed objects are checked
+        against their digest and kept in a small cache, so a map's large callable is
+        downloaded once per worker)."""
+        if entry.fn in msg.fns:
+            fn_bytes = msg.fns[entry.fn]
+        elif entry.fn in msg.refs:
+            fn_bytes = self._shared(entry.fn, msg.refs[entry.fn])
+        else:
+            raise protocol.ProtocolError(f"task {entry.task_id} names callable {entry.fn!r}, "
+                                         f"which its message does not carry")
+        if entry.ref is not None:
+            args_bytes = self.store.get(entry.ref)
+            if content_digest(args_bytes) != entry.sha:
+                raise protocol.ProtocolError(
+                    f"s3 object {entry.ref} does not match the digest in its (authenticated) "
+                    f"task message: it was changed after the client uploaded it; the task is "
+                    f"not run")
+        else:
+            args_bytes = entry.args or b""
+        blobs = {}
+        for key in entry.blobs:
+            if key not in msg.refs:
+                raise protocol.ProtocolError(f"task {entry.task_id} needs buffer {key!r}, "
+                                             f"which its message does not locate")
+            blobs[key] = self._shared(key, msg.refs[key])
+        return entry.fn, fn_bytes, args_bytes, blobs
+
+    def _shared(self, digest: str, key: str) -> bytes:
+        data = self._downloads.get(digest)
+        if data is None:
+            data = self.store.get(key)
+            if content_digest(data) != digest:
+                raise protocol.ProtocolError(
+                    f"s3 object {key} does not match its digest {digest}: it was changed "
+                    f"after the client uploaded it; the task is not run"
+                )
+            self._downloads[digest] = data
+            while sum(len(v) for v in self._downloads.values()) > DOWNLOAD_CACHE_BYTES and (
+                    len(self._downloads) > 1):
+                self._downloads.pop(next(iter(self._downloads)))
+        return data
+
+    def _result(self, task_id: str, ok: bool, data: bytes, seconds: float) -> ResultEntry:
+        if len(data) > self.settings.inline_limit:
+            try:
+                key = self.store.put(f"results/{task_id}-{uuid.uuid4().hex[:8]}", data)
+            except TransportError as exc:
+                return ResultEntry(task_id, False, seconds, data=dumps_exception(exc))
+            return ResultEntry(task_id, ok, seconds, ref=key, sha=content_digest(data))
+        return ResultEntry(task_id, ok, seconds, data=data)
+
+    # -- the runner -------------------------------------------------------------------------
+
+    def _ensure_runner(self) -> RunnerProcess:
+        """The live runner, or a fresh one with the script imported and the initializer run
+        (InitializerFailed if either fails or crashes)."""
+        if self.runner is not None:
+            return self.runner
+        source, initializer = self._init_payloads()
+        self.capture.begin(None)
+        runner = RunnerProcess.start(self.capture)
+        self.runner = runner
+        self.runners_started += 1
+        outcome = runner.init(self.settings.main_path, source, initializer,
+                              self.settings.max_task_seconds)  # fmt: skip
+        tail = self.capture.end()
+        if isinstance(outcome, Finished) and outcome.ok:
+            return runner
+        self._stop_runner()
+        if isinstance(outcome, Finished):
+            raise InitializerFailed(outcome.data)
+        if isinstance(outcome, TimedOut):
+            error: Exception = TimeoutError(
+                f"importing the client's script and running the initializer took more than "
+                f"max_task_seconds={self.settings.max_task_seconds:g} s; it was stopped")
+        else:
+            error = InitializerCrashedError(outcome.status, tail)
+        raise InitializerFailed(dumps_exception(error))
+
+    def _init_payloads(self) -> tuple[bytes, bytes]:
+        """The client's script source and the pickled initializer, fetched once."""
+        if self._init_blobs is None:
+            try:
+                source = self._main_source()
+                key = self.settings.initializer_key
+                initializer = self.store.get(key) if key else b""
+                if key and content_digest(initializer) != self.settings.initializer_digest:
+                    raise ConfigurationError(
+                        f"the initializer at s3 key {key} does not match the digest the client "
+                        f"gave this worker: it was changed after upload, so it is not run")
+            except (TransportError, ConfigurationError) as exc:
+                raise InitializerFailed(dumps_exception(exc)) from exc
+            self._init_blobs = (source, initializer)
+        return self._init_blobs
+
+    def _main_source(self) -> bytes:
+        """The client's script: this machine's copy when it is the same file, else the one
+        the client shipped."""
+        path, digest = self.settings.main_path, self.settings.main_digest
+        if not path:
+            return b""
+        try:
+            with open(path, "rb") as f:
+                local = f.read()
+            if not digest or protocol.script_digest(local) == digest:
+                return local
+        except OSError:
+            pass
+        if self.settings.main_key:
+            shipped = self.store.get(self.settings.main_key)
+            if protocol.script_digest(shipped) != digest:
+                raise ConfigurationError(
+                    f"the copy of {path} at s3 key {self.settings.main_key} does not match the "
+                    f"client's digest: it was changed after upload, so it is not imported")
+            return shipped
+        raise ConfigurationError(
+            f"the client's script {path} is not on this worker (or differs from the client's) "
+            f"and the client shipped no copy of it: its functions cannot be loaded here"
+        )
+
+    def _stop_runner(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.stop()

@@ -1,0 +1,389 @@
+"""dask on BatchExecutor beside ProcessPoolExecutor: graphs, and the round trip under them.
+
+    .venv/bin/python bench/bench_dask.py [--leaves 2000] [--array-size 1600] [--chunk 50]
+                                         [--latency-samples 200] [--rounds 1] [--json PATH]
+
+Measures, in one run on one machine, BatchExecutor(2) on the embedded emulator and
+ProcessPoolExecutor(2), round-robin over `--rounds` rounds (medians), both warm:
+- a dask.delayed graph of about 2 x `--leaves` tiny tasks (inc on each leaf, then a pairwise
+  add tree), ``dask.compute(total, scheduler=ex)``;        target: within 10x of the pool
+- a dask.array map_overlap graph (a 3 x 3 box filter, depth 1, reflect boundary) over a
+  `--array-size` square float64 array in `--chunk` square chunks (1,024 chunks of 20 KB by
+  default, so they travel inline; dask makes about 15 tasks of each chunk: creation, halo
+  slices, concatenation, filter, trim, partial sums), reduced with .sum();
+                                                           target: no slower than the pool
+- the AWS requests each BatchExecutor graph cost (client and workers, counted by the emulator);
+- single-task round trip (submit -> result, one at a time), p50 and p99;
+                                                           target: p50 <= 8 ms on the emulator
+- where the BatchExecutor round trip goes: every AWS call the client makes is timed through
+  botocore's event hooks, each sample is split into dispatch wait, SendMessageBatch, the
+  worker leg (task received, run, result sent, collector's long poll returning) and the
+  client's resolution; beside it, the floor the emulator itself sets: the same four SQS calls
+  (send, receive, send back, receive) ping-ponged by two threads of plain boto3, no batchexec.
+
+Prints a table and writes JSON (default bench/results/bench_dask.json). Not a test: numbers
+depend on the machine; docs/benchmarks.md records dated figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_tasks import noop  # noqa: E402  (importable by workers: they get our sys.path)
+
+STACK = "bx-bench"
+
+
+# -- task functions (workers import them from the module bench_dask; see the end) -------------
+
+
+def inc(x):
+    return x + 1
+
+
+def add(x, y):
+    return x + y
+
+
+def smooth(block):
+    """3 x 3 box mean of the block's interior (map_overlap gives it a 1-pixel halo)."""
+    out = block.copy()
+    h, w = block.shape
+    out[1:-1, 1:-1] = sum(
+        block[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+    ) / 9.0
+    return out
+
+
+# -- the graphs --------------------------------------------------------------------------------
+
+
+def delayed_graph(leaves: int):
+    import dask
+
+    level = [dask.delayed(inc)(i) for i in range(leaves)]
+    while len(level) > 1:
+        pairs = [dask.delayed(add)(a, b) for a, b in zip(level[::2], level[1::2], strict=False)]
+        if len(level) % 2:
+            pairs.append(level[-1])
+        level = pairs
+    return level[0], leaves * (leaves + 1) // 2
+
+
+def overlap_graph(size: int, chunk: int):
+    import dask.array as da
+
+    x = da.random.RandomState(0).random_sample((size, size), chunks=(chunk, chunk))
+    return x.map_overlap(smooth, depth=1, boundary="reflect").sum()
+
+
+def graph_tasks(collection) -> tuple[int, object]:
+    """Tasks dask actually schedules (after its graph optimisation), counted on a run with
+    its synchronous scheduler, and that run's value (the reference result)."""
+    import dask
+    from dask.callbacks import Callback
+
+    count = 0
+
+    def pretask(key, dsk, state):
+        nonlocal count
+        count += 1
+
+    with Callback(pretask=pretask):
+        (value,) = dask.compute(collection, scheduler="sync")
+    return count, value
+
+
+def timed_compute(collection, ex) -> tuple[float, object]:
+    import dask
+
+    started = time.perf_counter()
+    (value,) = dask.compute(collection, scheduler=ex)
+    return time.perf_counter() - started, value
+
+
+def latency(ex, samples: int, record=None) -> list[float]:
+    times = []
+    for i in range(samples):
+        started = time.perf_counter()
+        assert ex.submit(noop, i).result() == i
+        ended = time.perf_counter()
+        times.append(ended - started)
+        if record is not None:
+            record.append((started, ended))
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- where the round trip goes -----------------------------------------------------------------
+
+
+class CallTimer:
+    """Times every call a botocore client makes (before-call .. after-call), with its thread."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str, float, float, int]] = []
+        self._local = threading.local()
+
+    def attach(self, client) -> None:
+        client.meta.events.register("before-call.*.*", self._before)
+        client.meta.events.register("after-call.*.*", self._after)
+
+    def _before(self, model, **_):
+        self._local.started = time.perf_counter()
+
+    def _after(self, model, parsed, **_):
+        ended = time.perf_counter()
+        n = len(parsed.get("Messages", []) or []) if isinstance(parsed, dict) else 0
+        self.calls.append(
+            (model.name, threading.current_thread().name, self._local.started, ended, n)
+        )
+
+
+def split_round_trips(samples, calls) -> dict:
+    """Each sample's dispatch wait, send call, worker leg and resolution (ms, medians)."""
+    sends = sorted((c for c in calls if c[0] == "SendMessageBatch"), key=lambda c: c[2])
+    receives = sorted((c for c in calls if c[0] == "ReceiveMessage" and c[4]),
+                      key=lambda c: c[3])
+    parts: dict[str, list[float]] = {"dispatch wait (submit -> SendMessageBatch)": [],
+                                     "SendMessageBatch call": [],
+                                     "worker leg (sent -> result received)": [],
+                                     "resolution (received -> result() returns)": [],
+                                     "collector ReceiveMessage call (returning the result)": []}
+    for started, ended in samples:
+        send = next((c for c in sends if c[2] >= started), None)
+        recv = next((c for c in reversed(receives) if c[3] <= ended), None)
+        if send is None or recv is None or not (started <= send[2] <= recv[3] <= ended):
+            continue
+        parts["dispatch wait (submit -> SendMessageBatch)"].append(send[2] - started)
+        parts["SendMessageBatch call"].append(send[3] - send[2])
+        parts["worker leg (sent -> result received)"].append(recv[3] - send[3])
+        parts["resolution (received -> result() returns)"].append(ended - recv[3])
+        parts["collector ReceiveMessage call (returning the result)"].append(recv[3] - recv[2])
+    out = {k: 1000 * statistics.median(v) for k, v in parts.items() if v}
+    out["samples split"] = len(parts["SendMessageBatch call"])
+    ops: dict[str, list[float]] = {}
+    for name, thread, s, e, _ in calls:
+        ops.setdefault(f"{name} ({thread})", []).append(e - s)
+    out["client calls during the samples (count, median ms)"] = {
+        k: [len(v), round(1000 * statistics.median(v), 2)] for k, v in sorted(ops.items())
+    }
+    return out
+
+
+def sqs_floor(endpoint: str, samples: int) -> dict:
+    """Plain boto3 on the emulator: one call's latency, and the four-call ping-pong that a
+    task's round trip needs at least (send task, worker receives, sends result, client
+    receives), with long polls waiting on both sides as batchexec's do."""
+    import uuid
+
+    import boto3
+
+    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                    region_name="us-east-1")
+    sqs = session.client("sqs", endpoint_url=endpoint)
+    peer = session.client("sqs", endpoint_url=endpoint)
+    tag = uuid.uuid4().hex[:8]
+    q_task = sqs.create_queue(QueueName=f"bench-floor-task-{tag}")["QueueUrl"]
+    q_result = sqs.create_queue(QueueName=f"bench-floor-result-{tag}")["QueueUrl"]
+    stop = threading.Event()
+
+    def echo():
+        while not stop.is_set():
+            got = peer.receive_message(QueueUrl=q_task, WaitTimeSeconds=1,
+                                       MaxNumberOfMessages=10).get("Messages", [])
+            for m in got:
+                peer.send_message(QueueUrl=q_result, MessageBody=m["Body"])
+                peer.delete_message(QueueUrl=q_task, ReceiptHandle=m["ReceiptHandle"])
+
+    worker = threading.Thread(target=echo, daemon=True)
+    worker.start()
+    try:
+        single = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            sqs.get_queue_attributes(QueueUrl=q_task, AttributeNames=["QueueArn"])
+            single.append(time.perf_counter() - started)
+        chain = []
+        for i in range(samples):
+            started = time.perf_counter()
+            sqs.send_message(QueueUrl=q_task, MessageBody=str(i))
+            while True:
+                got = sqs.receive_message(QueueUrl=q_result, WaitTimeSeconds=5,
+                                          MaxNumberOfMessages=10).get("Messages", [])
+                if got:
+                    break
+            chain.append(time.perf_counter() - started)
+            sqs.delete_message(QueueUrl=q_result, ReceiptHandle=got[0]["ReceiptHandle"])
+    finally:
+        stop.set()
+        worker.join()
+        sqs.delete_queue(QueueUrl=q_task)
+        sqs.delete_queue(QueueUrl=q_result)
+    return {
+        "one SQS call, p50 (ms)": 1000 * statistics.median(single),
+        "four-call ping-pong, p50 (ms)": 1000 * statistics.median(chain),
+        "four-call ping-pong, p99 (ms)": 1000 * percentile(chain, 0.99),
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leaves", type=int, default=2000)
+    parser.add_argument("--array-size", type=int, default=1600)
+    parser.add_argument("--chunk", type=int, default=50)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="round-robin repetitions (the map_overlap graph on BatchExecutor "
+                             "takes minutes on a 2-core machine)")
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "bench_dask.json"))
+    args = parser.parse_args()
+
+    import dask
+    import numpy as np
+
+    from batchexec import BatchExecutor
+    from batchexec.emulator.control import EmulatorControl
+    from batchexec.emulator.embedded import EmbeddedEmulator
+
+    for var in ("BATCHEXEC_STACK", "AWS_ENDPOINT_URL"):
+        os.environ.pop(var, None)
+
+    delayed, delayed_expected = delayed_graph(args.leaves)
+    overlap = overlap_graph(args.array_size, args.chunk)
+    delayed_tasks, value = graph_tasks(delayed)
+    assert value == delayed_expected, value
+    overlap_tasks, overlap_expected = graph_tasks(overlap)
+    sizes = {"delayed_tasks": delayed_tasks, "overlap_tasks": overlap_tasks,
+             "overlap_chunks": (args.array_size // args.chunk) ** 2}
+
+    times: dict[str, dict[str, list[float]]] = {
+        name: {"delayed": [], "overlap": [], "latency": []} for name in ("batch", "process")
+    }
+    requests: dict[str, dict[str, int]] = {}
+    with EmbeddedEmulator.start(stack_name=STACK) as emu:
+        control = EmulatorControl(emu.endpoint_url)
+        started = time.perf_counter()
+        batch = BatchExecutor(2, stack=STACK, endpoint_url=emu.endpoint_url)
+        batch.submit(noop, 0).result()
+        batch_start_s = time.perf_counter() - started
+        process = ProcessPoolExecutor(2)
+        executors = {"batch": batch, "process": process}
+        try:
+            for ex in executors.values():  # warm: workers up, script and dask imported
+                dask.compute(delayed_graph(50)[0], overlap_graph(200, 100), scheduler=ex)
+            for _ in range(args.rounds):
+                for name, ex in executors.items():
+                    control.reset_requests()
+                    t, value = timed_compute(delayed, ex)
+                    assert value == delayed_expected, (name, value)
+                    times[name]["delayed"].append(t)
+                    if name == "batch":
+                        requests["delayed"] = dict(sorted(control.requests().items()))
+                    control.reset_requests()
+                    t, value = timed_compute(overlap, ex)
+                    assert np.isclose(value, overlap_expected, rtol=1e-9), (name, value)
+                    times[name]["overlap"].append(t)
+                    if name == "batch":
+                        requests["overlap"] = dict(sorted(control.requests().items()))
+                    times[name]["latency"].extend(latency(ex, args.latency_samples))
+
+            timer = CallTimer()
+            timer.attach(batch._clients.client("sqs"))
+            samples: list[tuple[float, float]] = []
+            latency(batch, args.latency_samples, record=samples)
+            profile = split_round_trips(samples, timer.calls)
+            floor = sqs_floor(emu.endpoint_url, args.latency_samples)
+        finally:
+            process.shutdown()
+            batch.shutdown()
+
+    rows = {}
+    for name, t in times.items():
+        rows[f"{name}_delayed_s"] = statistics.median(t["delayed"])
+        rows[f"{name}_overlap_s"] = statistics.median(t["overlap"])
+        rows[f"{name}_latency_p50_ms"] = 1000 * statistics.median(t["latency"])
+        rows[f"{name}_latency_p99_ms"] = 1000 * percentile(t["latency"], 0.99)
+    rows["delayed_ratio"] = rows["batch_delayed_s"] / rows["process_delayed_s"]
+    rows["overlap_ratio"] = rows["batch_overlap_s"] / rows["process_overlap_s"]
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="minutes"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}, dask {dask.__version__}",
+        "load_average": os.getloadavg(),
+        "workers": 2,
+        "rounds": args.rounds,
+        "latency_samples_per_round": args.latency_samples,
+        "array": {"size": args.array_size, "chunk": args.chunk, "dtype": "float64"},
+        "batch_start_s": batch_start_s,
+        "dask_max_workers_seen": batch._max_workers,
+        **sizes,
+        **rows,
+        "batch_requests_by_operation": requests,
+        "raw_s": times,
+        "round_trip_profile": profile,
+        "emulator_floor": floor,
+    }
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+
+    def line(name, b, p, ratio="", target=""):
+        print(f"{name:<44}{b:>12}{p:>16}{ratio:>10}  {target}")
+
+    print(f"\ndask on batchexec, {result['date']}, {result['machine']}, "
+          f"load {result['load_average'][0]:.1f}, {args.rounds} rounds (medians)")
+    line("metric", "Batch(2)", "ProcessPool(2)", "ratio", "target")
+    line(f"dask.delayed, {sizes['delayed_tasks']} tasks (s)", f"{rows['batch_delayed_s']:.2f}",
+         f"{rows['process_delayed_s']:.2f}", f"{rows['delayed_ratio']:.1f}x", "<= 10x")
+    line(f"map_overlap, {sizes['overlap_chunks']} chunks, {sizes['overlap_tasks']} tasks (s)",
+         f"{rows['batch_overlap_s']:.2f}", f"{rows['process_overlap_s']:.2f}",
+         f"{rows['overlap_ratio']:.2f}x", "<= 1x")
+    line("round trip p50 (ms)", f"{rows['batch_latency_p50_ms']:.1f}",
+         f"{rows['process_latency_p50_ms']:.2f}", "", "<= 8 ms")
+    line("round trip p99 (ms)", f"{rows['batch_latency_p99_ms']:.1f}",
+         f"{rows['process_latency_p99_ms']:.2f}")
+    for graph, counts in requests.items():
+        total = sum(counts.values())
+        print(f"BatchExecutor AWS requests, {graph}: {total} "
+              f"({total / sizes[graph + '_tasks']:.2f} per task) {counts}")
+    print(f"\nBatchExecutor round trip, split (medians over {profile['samples split']} "
+          f"samples, ms):")
+    for k, v in profile.items():
+        if isinstance(v, float):
+            print(f"  {k:<56}{v:8.2f}")
+    print("  client SQS calls during those samples [count, median ms]:")
+    for k, v in profile["client calls during the samples (count, median ms)"].items():
+        print(f"    {k:<54}{v}")
+    print("emulator floor, plain boto3 (ms):")
+    for k, v in floor.items():
+        print(f"  {k:<56}{v:8.2f}")
+    print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    # Run as the importable module `bench_dask` (bench/ is on sys.path, which workers get), so
+    # the task functions above travel by reference under that name, whichever script
+    # semantics the worker implements.
+    import bench_dask
+
+    bench_dask.main()
