@@ -401,9 +401,9 @@ def apply(
     (one output) or {output name: array}, each (bands, rows, cols) or (rows, cols) for one
     band, shaped as the core or as the padded window. Workers write each output's COG tiles,
     then a worker task its VRT mosaic (gpu.mosaic); `.tif` outputs are then assembled into
-    one COG by a worker task. The client reads and writes no pixel. Inputs must share one grid (else RasterAlignmentError, which says
-    how to align them); paths are GDAL paths the workers can read and write (local when they
-    share this filesystem, /vsis3/ otherwise).
+    one COG by a worker task. The client reads and writes no pixel. Inputs must share one
+    grid (else RasterAlignmentError, which says how to align them); paths are GDAL paths the
+    workers can read and write (local when they share this filesystem, /vsis3/ otherwise).
 
     overwrite: replace existing outputs (else OutputExistsError before anything runs).
     progress: a tqdm bar over blocks; None shows it only when stderr is a terminal.
