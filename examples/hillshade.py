@@ -4,23 +4,29 @@
     python examples/hillshade.py                       # 8192 x 8192 sample DEM, embedded emulator
     python examples/hillshade.py --size 2048 --workers 2 --executor process
     python examples/hillshade.py --input dem.tif -z 2 -alt 30 --multidirectional
+    python examples/hillshade.py --output out/hs.tif   # one COG, assembled by a worker
     python examples/hillshade.py --stack batchexec     # on AWS (see "Running on AWS" below)
 
 What it does:
 1. Input: --input, or a sample DEM it generates once and reuses: matplotlib's Jacksboro fault
    DEM (3 arc-second, 344 x 403, Tennessee) reprojected to UTM zone 16N and upsampled with
    cubic-spline resampling (GDAL warp) to --size x --size Float32 pixels, square pixels.
-2. Runs gdaldem's hillshade over it in tiles (gpu.pipeline.run_tiled) on the executor: each
-   worker reads its tile (with a 1-pixel halo) from the DEM itself, runs gpu.hillshade, writes
-   the core to a scratch tile file; this process stitches the tiles into --output (GeoTIFF,
-   tiled, DEFLATE) and writes a downsampled PNG preview beside it.
-3. Prints tiles/s, Mpixel/s, the OpenCL device a worker used, and the agreement with
-   `gdaldem hillshade` run here on the same input with the same options (skip: --no-compare).
+2. Runs gdaldem's hillshade over it in tiles (gpu.pipeline.run_tiled, a use of gpu.apply) on
+   the executor: each worker reads its tile (with a 1-pixel halo) from the DEM itself, runs
+   gpu.hillshade and writes the core as a Cloud Optimized GeoTIFF tile under
+   `<output>.tiles/`; this process only coordinates, and writes the VRT mosaic --output
+   (`hillshade.vrt`, one raster for GDAL/QGIS/rasterio) from what it knows, reading no pixel.
+   An --output ending in .tif is instead one COG assembled by a worker. A downsampled PNG
+   preview goes beside it.
+3. Prints tiles/s, Mpixel/s, the client's and the workers' busy time, the OpenCL device a
+   worker used, and the agreement with `gdaldem hillshade` run here on the same input with
+   the same options (skip: --no-compare).
 
 Running on AWS (--stack NAME): workers do not share this filesystem, so the input is uploaded
 to the stack's bucket (s3://BUCKET/batchexec-examples/inputs/, skipped when an object of the
-same size is there; or pass --input /vsis3/BUCKET/KEY) and tile files go to
-/vsis3/BUCKET/batchexec-examples/tiles/ (removed afterwards). The output is written here.
+same size is there; or pass --input /vsis3/BUCKET/KEY) and the workers write the output to
+/vsis3/BUCKET/batchexec-examples/outputs/<name of --output> (or pass --output /vsis3/...);
+the comparison and the preview read it from there.
 Deploy the stack first with `batchexec stack deploy --name NAME --wait`; credentials and
 region come from the usual AWS configuration (AWS_PROFILE, AWS_REGION, ...), and
 AWS_ENDPOINT_URL points both boto3 and GDAL at an emulator such as `batchexec local`.
@@ -159,14 +165,22 @@ def _read(path: str) -> np.ndarray:
 
 
 def write_preview(src: str, png: str, size: int = PREVIEW_SIZE) -> str:
-    """A downsampled PNG of the hillshade (averaged, so that it is not aliased)."""
-    ds = gdal.Open(src)
-    w, h = ds.RasterXSize, ds.RasterYSize
-    ds = None
-    scale = min(1.0, size / max(w, h))
-    gdal.Translate(png, src, format="PNG", width=max(1, round(w * scale)),
-                   height=max(1, round(h * scale)), resampleAlg="average")
-    gdal_io.remove(png + ".aux.xml")
+    """A downsampled PNG of the hillshade (averaged, so that it is not aliased).
+
+    Run as a worker task: it reads every pixel of the output, which the client never does.
+    """
+    with gdal_io.s3_config():
+        ds = gdal.Open(src)
+        w, h = ds.RasterXSize, ds.RasterYSize
+        ds = None
+        scale = min(1.0, size / max(w, h))
+        target = "/vsimem/preview.png" if gdal_io.is_virtual(png) else png
+        gdal.Translate(target, src, format="PNG", width=max(1, round(w * scale)),
+                       height=max(1, round(h * scale)), resampleAlg="average")
+        if target != png:
+            gdal_io.copy_file(target, png)
+            gdal.Unlink(target)
+        gdal_io.remove(target + ".aux.xml")
     return png
 
 
@@ -191,14 +205,15 @@ def worker_count(executor, args) -> int:
     return getattr(executor, "max_workers", None) or args.workers or os.cpu_count()
 
 
-def stage_on_s3(executor, local_or_vsi: str) -> tuple[str, str]:
-    """Upload the input to the stack's bucket; returns (source GDAL path, tile store)."""
+def stage_on_s3(executor, local_or_vsi: str, output: str) -> tuple[str, str]:
+    """Upload the input to the stack's bucket; returns (source, output) GDAL paths there."""
     from batchexec.aws import AwsClients
 
     bucket = executor.stack.bucket
-    tile_store = f"/vsis3/{bucket}/{S3_PREFIX}/tiles"
+    if not gdal_io.is_virtual(output):
+        output = f"/vsis3/{bucket}/{S3_PREFIX}/outputs/{os.path.basename(output)}"
     if local_or_vsi.startswith("/vsis3/"):
-        return local_or_vsi, tile_store
+        return local_or_vsi, output
     key = f"{S3_PREFIX}/inputs/{os.path.basename(local_or_vsi)}"
     s3 = AwsClients.resolve(executor.stack.region, executor.endpoint_url).client("s3")
     try:
@@ -208,14 +223,15 @@ def stage_on_s3(executor, local_or_vsi: str) -> tuple[str, str]:
     if size != os.path.getsize(local_or_vsi):
         print(f"uploading {local_or_vsi} -> s3://{bucket}/{key}", flush=True)
         s3.upload_file(local_or_vsi, bucket, key)
-    return f"/vsis3/{bucket}/{key}", tile_store
+    return f"/vsis3/{bucket}/{key}", output
 
 
 # -- the job -------------------------------------------------------------------------------------
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
+    out_dir = (os.path.abspath("hillshade-output") if gdal_io.is_virtual(args.output)
+               else os.path.dirname(os.path.abspath(args.output)))
     os.makedirs(out_dir, exist_ok=True)
     src = args.input or sample_dem(out_dir, args.size)
     if args.stack and args.executor != "batch":
@@ -233,21 +249,34 @@ def main(argv=None) -> dict:
         report["device"] = ex.submit(gpu.device_info).result()
         report["workers"] = worker_count(ex, args)
         report["executor_start_s"] = time.perf_counter() - t0
-        source, tile_store, endpoint = src, None, None
+        source, output, endpoint = src, args.output, None
         if args.stack:
-            source, tile_store = stage_on_s3(ex, src)
+            source, output = stage_on_s3(ex, src, args.output)
             endpoint = ex.endpoint_url
-        summary = run_tiled(ex, source, args.output, operation="hillshade",
-                            tile_size=args.tile_size, tile_store=tile_store,
-                            endpoint_url=endpoint, progress=args.progress,
-                            **kernel_options(args))
-    preview = write_preview(args.output, os.path.splitext(args.output)[0] + ".png")
+        summary = run_tiled(ex, source, output, operation="hillshade",
+                            tile_size=args.tile_size, endpoint_url=endpoint,
+                            progress=args.progress, **kernel_options(args))
+        report["output"] = summary.dst
+        png_name = os.path.splitext(os.path.basename(summary.dst))[0] + ".png"
+        preview = os.path.join(out_dir, png_name)
+        if args.stack:  # the worker writes it beside the output; fetch the small file
+            remote = gdal_io.join(os.path.dirname(summary.dst), png_name)
+            ex.submit(write_preview, summary.dst, remote).result()
+            with gdal_io.s3_config(endpoint):
+                gdal_io.copy_file(remote, preview)
+        else:
+            ex.submit(write_preview, summary.dst, preview).result()
     report.update(
         preview=preview, width=summary.width, height=summary.height, tiles=summary.tiles,
         seconds=summary.seconds, tiles_per_s=summary.tiles_per_second,
-        mpixels_per_s=summary.mpixels_per_second, stitch_s=summary.stitch_seconds,
+        mpixels_per_s=summary.mpixels_per_second,
+        client_busy_s=summary.client_busy_seconds, worker_busy_s=summary.worker_busy_seconds,
+        client_cpu_s=summary.client_cpu_seconds,
+        client_to_worker=(summary.client_busy_seconds / summary.worker_busy_seconds
+                          if summary.worker_busy_seconds else None),
         worker_read_s=summary.read_seconds, worker_kernel_s=summary.kernel_seconds,
-        worker_write_s=summary.write_seconds, worker_processes=len(summary.workers),
+        worker_write_s=summary.write_seconds, worker_assemble_s=summary.assemble_seconds,
+        worker_processes=len(summary.workers),
     )
     if not args.no_compare:
         if gdal_io.is_virtual(src):
@@ -256,7 +285,8 @@ def main(argv=None) -> dict:
         try:
             reference = os.path.join(scratch, "gdaldem.tif")
             report["gdaldem_s"] = run_gdaldem(src, reference, args)
-            report.update(compare(args.output, reference))
+            with gdal_io.s3_config(endpoint):
+                report.update(compare(summary.dst, reference))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     print_report(report)
@@ -273,8 +303,12 @@ def print_report(r: dict) -> None:
     print(f"  {r['tiles']} tiles of {r['tile_size']} px in {r['seconds']:.2f} s: "
           f"{r['tiles_per_s']:.1f} tiles/s, {r['mpixels_per_s']:.1f} Mpixel/s "
           f"(executor start {r['executor_start_s']:.2f} s, not included)")
-    print(f"  worker time: read {r['worker_read_s']:.2f} s, kernel {r['worker_kernel_s']:.2f} s,"
-          f" write {r['worker_write_s']:.2f} s; stitch {r['stitch_s']:.2f} s")
+    print(f"  worker busy {r['worker_busy_s']:.2f} s (read {r['worker_read_s']:.2f}, kernel "
+          f"{r['worker_kernel_s']:.2f}, write {r['worker_write_s']:.2f}; summed over tiles"
+          + (f"; COG assembly {r['worker_assemble_s']:.2f} s" if r["worker_assemble_s"] else "")
+          + ")")
+    print(f"  client busy {r['client_busy_s']:.3f} s = {100 * r['client_to_worker']:.2f} % of "
+          f"worker busy (process CPU {r['client_cpu_s']:.2f} s, executor threads included)")
     if "gdaldem_s" in r:
         print(f"  gdaldem hillshade: {r['gdaldem_s']:.2f} s; agreement: max abs diff "
               f"{r['max_abs_diff']}, differing pixels {100 * r['differing_fraction']:.4f} %")
@@ -284,8 +318,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", help="DEM (GDAL path); default: generated sample DEM")
-    p.add_argument("--output", default="hillshade-output/hillshade.tif",
-                   help="output GeoTIFF; the PNG preview goes beside it (default: %(default)s)")
+    p.add_argument("--output", default="hillshade-output/hillshade.vrt",
+                   help="x.vrt: COG tiles under x.tiles/ and a VRT mosaic; x.tif: one COG "
+                        "assembled by a worker; the PNG preview goes beside it "
+                        "(default: %(default)s)")
     p.add_argument("--size", type=int, default=8192,
                    help="side of the generated sample DEM in pixels (default: %(default)s)")
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE,

@@ -13,6 +13,7 @@ Paths are GDAL paths: a local file name or a virtual one such as `/vsis3/bucket/
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import uuid
@@ -106,6 +107,65 @@ class RasterInfo:
         return self.geotransform != (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A raster's grid and its bands' types and nodata: what the tiled apply checks and plans
+    with, read once by the client (workers get it in their task instead of reopening)."""
+
+    path: str
+    width: int
+    height: int
+    geotransform: tuple[float, ...]
+    projection: str | None  # WKT; None when not read (see dataset_info)
+    data_types: tuple[int, ...]  # gdal.GDT_* per band
+    nodata: tuple[float | None, ...]  # per band
+
+    @property
+    def band_count(self) -> int:
+        return len(self.data_types)
+
+
+def dataset_info(path: str, projection: bool = True) -> DatasetInfo:
+    """Grid and per-band type/nodata of a raster (a header read: no pixels).
+
+    projection=False leaves it None: the first CRS a process reads initialises PROJ (its
+    database; 35-40 ms here), which a caller that only coordinates can leave to workers.
+    """
+    ds = gdal.Open(path)
+    try:
+        bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
+        return DatasetInfo(
+            path=path, width=ds.RasterXSize, height=ds.RasterYSize,
+            geotransform=tuple(ds.GetGeoTransform()),
+            projection=ds.GetProjection() if projection else None,
+            data_types=tuple(b.DataType for b in bands),
+            nodata=tuple(b.GetNoDataValue() for b in bands),
+        )
+    finally:
+        ds = None
+
+
+@functools.lru_cache(maxsize=16)
+def projection_of(path: str) -> str:
+    """The WKT of a raster's CRS ('' if none), read once per process and path."""
+    ds = gdal.Open(path)
+    try:
+        return ds.GetProjection()
+    finally:
+        ds = None
+
+
+def band_data_type(path: str, band: int = 1) -> int:
+    """The gdal.GDT_* type of one band (an open and a header read; no georeferencing)."""
+    ds = gdal.Open(path)
+    try:
+        if not 1 <= band <= ds.RasterCount:
+            raise ValueError(f"{path} has {ds.RasterCount} band(s); band {band} does not exist")
+        return ds.GetRasterBand(band).DataType
+    finally:
+        ds = None
+
+
 def raster_info(path: str, band: int = 1) -> RasterInfo:
     ds = gdal.Open(path)
     try:
@@ -144,6 +204,32 @@ def read_window(path: str, window: Window | None = None, band: int = 1,
     options = {} if is_virtual(path) else _LOCAL_READ_OPTIONS
     with gdal_config(options):
         return _read_window(path, window, band, dtype)
+
+
+def read_bands(path: str, window: Window, bands, dtype=None) -> np.ndarray:
+    """Read one window of several bands (1-based numbers) as a 3-D array (bands, rows, cols).
+
+    Band by band into one array, so that local files keep the memory-mapped read path of
+    read_window (the dataset-level interleaved read would go through the block cache).
+    """
+    options = {} if is_virtual(path) else _LOCAL_READ_OPTIONS
+    with gdal_config(options):
+        ds = gdal.Open(path)
+        try:
+            first = ds.GetRasterBand(bands[0])
+            np_type = (np.dtype(dtype) if dtype is not None
+                       else np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(first.DataType)))
+            buf_type = gdal_array.NumericTypeCodeToGDALTypeCode(np_type)
+            out = np.empty((len(bands), window.ysize, window.xsize), dtype=np_type)
+            for i, number in enumerate(bands):
+                got = ds.GetRasterBand(number).ReadAsArray(
+                    window.xoff, window.yoff, window.xsize, window.ysize, buf_type=buf_type,
+                    buf_obj=out[i])
+                if got is None:
+                    raise OSError(f"reading {window} of {path} band {number} failed")
+            return out
+        finally:
+            ds = None
 
 
 def _read_window(path, window, band, dtype):
@@ -198,6 +284,57 @@ def write_raster(path: str, array: np.ndarray, *, geotransform=None, projection=
             copy_file(target, path)
         finally:
             gdal.Unlink(target)
+
+
+def write_cog(path: str, array: np.ndarray, *, geotransform, projection="", nodata=None,
+              creation_options=()) -> None:
+    """Write a (bands, rows, cols) array as a Cloud Optimized GeoTIFF, local or any /vsi path.
+
+    The array is wrapped, not copied, as an in-memory dataset and handed to GDAL's COG driver
+    (which lays out the header, tiles and any overviews as the COG spec requires). A virtual
+    destination is written to /vsimem/ and uploaded in one sequential copy, as write_raster.
+    """
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    src = gdal_array.OpenArray(np.ascontiguousarray(array))
+    if src is None:
+        raise OSError(f"cannot wrap a {array.dtype} array as a GDAL dataset")
+    src.SetGeoTransform(tuple(geotransform))
+    if projection:
+        src.SetProjection(projection)
+    if nodata is not None:
+        for i in range(src.RasterCount):
+            src.GetRasterBand(i + 1).SetNoDataValue(nodata)
+    target = f"/vsimem/{uuid.uuid4().hex}.tif" if is_virtual(path) else path
+    try:
+        out = gdal.GetDriverByName("COG").CreateCopy(target, src,
+                                                       options=list(creation_options))
+        if out is None:
+            raise OSError(f"writing {path} failed")
+        out = None
+        if target != path:
+            copy_file(target, path)
+    finally:
+        src = None
+        if target != path:
+            gdal.Unlink(target)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a small file (a VRT) at a local path or any /vsi path."""
+    if not is_virtual(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    f = gdal.VSIFOpenL(path, "wb")
+    if f is None:
+        raise OSError(f"cannot open {path} for writing")
+    try:
+        if gdal.VSIFWriteL(data, 1, len(data), f) != len(data):
+            raise OSError(f"short write to {path}")
+    finally:
+        if gdal.VSIFCloseL(f) != 0:
+            raise OSError(f"closing {path} failed (upload incomplete?)")
 
 
 def copy_file(src: str, dst: str, chunk: int = 8 << 20) -> None:

@@ -1,36 +1,22 @@
-"""Tiled raster pipeline: run a terrain kernel over a raster through any Executor.
+"""Terrain operations over a raster in tiles, on any Executor: a use of gpu.apply.
 
-Data flow (only small records cross the executor; pixels go through storage)::
+    run_tiled(executor, src, "out.vrt", operation="hillshade")
+        -> gpu.apply(executor, terrain_block, {"dem": Input(src, halo=1)},
+                     {"out": Output("out.vrt", <gdaldem's type>, nodata=<gdaldem's>)})
 
-    client: run_tiled(executor, src, dst)              worker: process_tile(TileTask)
-    ┌───────────────────────────────────────┐          ┌──────────────────────────────────┐
-    │ raster_info(src) -> tile_grid(...)    │ TileTask │ read_window(src, tile.read)      │
-    │ submit(process_tile, TileTask) ───────┼────────▶ │ gpu.<operation>(array, gt, ...)  │
-    │                                       │          │ write core -> tile file          │
-    │ as_completed: read tile file, write ◀─┼──────────│ return TileResult(path, stats)   │
-    │ its core into dst (.partial), remove  │TileResult└──────────────────────────────────┘
-    │ tile file; rename .partial -> dst     │
-    └───────────────────────────────────────┘
-    tile files: a local scratch directory next to dst (workers on this machine), or a
-    /vsis3/ prefix (workers elsewhere; the source must then be reachable by them too).
+Each worker reads its tile's window (with the 1-pixel halo the 3 x 3 kernels need), runs
+gpu.<operation> and writes the core as a COG tile; the client writes the VRT mosaic from
+metadata (or a worker assembles one COG when dst ends in .tif). No pixel passes through the
+client. Why tiles with a halo give the untiled result exactly: see gpu.tiling.
 
-Why tiles with a halo give the untiled result exactly: see gpu.tiling. Why the pixels do not
-travel in task and result messages: a worker can read the source itself, and a message
-carrying a 1024 x 1024 Float32 window (4 MiB) would cost more to pickle, queue and unpickle
-than the kernel costs to run.
-
-The functions sent to workers (`process_tile`) are module-level and picklable by reference,
-as every executor (ProcessPoolExecutor, BatchExecutor) requires.
+The functions sent to workers (`terrain_block`, `gpu.applier.run_block`) are module-level and
+picklable by reference, as every executor (ProcessPoolExecutor, BatchExecutor) requires.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -38,34 +24,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal
 
-from . import gdal_io
-from .tiling import TERRAIN_HALO, Tile, Window, tile_grid
+from . import gdal_io, mosaic
+from .applier import BlockFailedError, Input, Output, apply
+from .tiling import TERRAIN_HALO
 
 #: Default core tile size. Large enough that per-tile overhead (a task round trip, opening the
-#: source, one kernel launch) is small against the pixels, small enough that a 8192 x 8192
-#: raster still gives 64 tiles to spread over workers and to stitch while others compute.
+#: source, one kernel launch, one COG tile) is small against the pixels, small enough that a
+#: 8192 x 8192 raster still gives 64 tiles to spread over workers.
 DEFAULT_TILE_SIZE = 1024
 
-#: Scratch tiles are read back once, moments after they are written. On a local disk they
-#: stay in the page cache, so any compression is pure CPU cost (ZSTD level 1 tripled the tile
-#: write time for the 8192 x 8192 job); through S3 the bytes cross the network, and ZSTD
-#: level 1 (a few hundred MB/s) shrinks hillshade tiles about 5x.
-LOCAL_TILE_CREATION_OPTIONS = ()
-S3_TILE_CREATION_OPTIONS = ("COMPRESS=ZSTD", "ZSTD_LEVEL=1")
-
-#: The stitched result: tiled so that readers can window it, compressed with DEFLATE (readable
-#: by every GDAL build, unlike ZSTD) at a low level (most of the gain, a fraction of the cost),
-#: with horizontal differencing, compressed on all cores.
-OUTPUT_CREATION_OPTIONS = (
-    "TILED=YES",
-    "BLOCKXSIZE=512",
-    "BLOCKYSIZE=512",
-    "COMPRESS=DEFLATE",
-    "ZLEVEL=1",
-    "PREDICTOR=2",
-    "NUM_THREADS=ALL_CPUS",
-    "BIGTIFF=IF_SAFER",
-)
+#: COG options of the output tiles (gpu.mosaic.TILE_CREATION_OPTIONS: DEFLATE level 1 with the
+#: predictor, 512-pixel blocks, no overviews).
+OUTPUT_CREATION_OPTIONS = mosaic.TILE_CREATION_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -92,83 +62,27 @@ OPERATIONS: dict[str, Operation] = {
     )
 }
 
+_NUMPY_TYPES = {gdal.GDT_Byte: np.uint8, gdal.GDT_Float32: np.float32}
+
 
 class TileFailedError(RuntimeError):
     """A tile's task raised; the run was abandoned and its partial output removed."""
 
-    def __init__(self, tile: Tile, src: str, cause: BaseException):
+    def __init__(self, tile, src: str, cause: BaseException | None):
         super().__init__(
-            f"{tile} of {src} failed: {type(cause).__name__}: {cause}; no output was written "
-            f"(the remote traceback is chained below)"
+            f"tile {tile.index} ({tile.name}; core {tile.core}) of {src} failed: "
+            f"{type(cause).__name__}: {cause}; no output was written (the remote traceback "
+            f"is chained below)"
         )
         self.tile = tile
 
 
-@dataclass(frozen=True)
-class TileTask:
-    """Everything a worker needs for one tile; small, so it travels inline in a message."""
-
-    src: str
-    band: int
-    info: gdal_io.RasterInfo  # of src, read once by the client: one open per tile saved
-    tile: Tile
-    operation: str
-    options: Mapping[str, object]
-    dst: str  # where the worker writes the tile's core
-    kernel: Callable | None = None  # None: gpu.<operation>
-    creation_options: tuple[str, ...] = LOCAL_TILE_CREATION_OPTIONS
-
-
-@dataclass(frozen=True)
-class TileResult:
-    """What a worker sends back: where the core was written, and a few numbers about it."""
-
-    index: int
-    path: str
-    valid_pixels: int
-    minimum: float | None
-    maximum: float | None
-    read_seconds: float
-    kernel_seconds: float
-    write_seconds: float
-    worker: str  # host:pid
-
-
-def process_tile(task: TileTask) -> TileResult:
-    """Worker side: read the tile's read window, run the kernel, write the core to task.dst."""
-    op = OPERATIONS[task.operation]
-    kernel = task.kernel or _gpu_kernel(task.operation)
-    with gdal_io.s3_config():
-        t0 = time.perf_counter()
-        info = task.info
-        # gdaldem computes in Float32 whatever the input type; Int16 is kept as is because
-        # the kernels take it natively and it halves the host-to-device transfer.
-        dtype = None if info.data_type in (gdal.GDT_Int16, gdal.GDT_Float32) else np.float32
-        dem = gdal_io.read_window(task.src, task.tile.read, task.band, dtype=dtype)
-        gt = gdal_io.window_geotransform(info.geotransform, task.tile.read)
-        t1 = time.perf_counter()
-        out = kernel(dem, gt, nodata=info.nodata, **task.options)
-        core = out[task.tile.core_in_read.slices]
-        t2 = time.perf_counter()
-        gdal_io.write_raster(
-            task.dst, np.ascontiguousarray(core),
-            geotransform=gdal_io.window_geotransform(info.geotransform, task.tile.core),
-            projection=info.projection, nodata=op.nodata,
-            creation_options=task.creation_options,
-        )
-        t3 = time.perf_counter()
-    valid = core[core != op.nodata]
-    return TileResult(
-        index=task.tile.index,
-        path=task.dst,
-        valid_pixels=int(valid.size),
-        minimum=float(valid.min()) if valid.size else None,
-        maximum=float(valid.max()) if valid.size else None,
-        read_seconds=t1 - t0,
-        kernel_seconds=t2 - t1,
-        write_seconds=t3 - t2,
-        worker=f"{socket.gethostname()}:{os.getpid()}",
-    )
+def terrain_block(arrays, block, *, operation: str, options: Mapping[str, object],
+                  kernel: Callable | None = None) -> np.ndarray:
+    """Block function of gpu.apply: gdaldem's `operation` on the block's DEM window."""
+    kernel = kernel or _gpu_kernel(operation)
+    return kernel(arrays["dem"][0], block.geotransform("dem"), nodata=block.nodata["dem"][0],
+                  **options)
 
 
 def warm_up(src: str, operation: str = "hillshade", band: int = 1,
@@ -195,7 +109,7 @@ def _gpu_kernel(operation: str) -> Callable:
 
 @dataclass
 class TiledRunSummary:
-    """What run_tiled did, and how fast."""
+    """What run_tiled did, and where the time went (see gpu.applier.ApplySummary)."""
 
     dst: str
     operation: str
@@ -203,14 +117,20 @@ class TiledRunSummary:
     height: int
     tiles: int
     seconds: float
-    stitch_seconds: float
+    client_busy_seconds: float  # this thread, outside waiting for workers
+    client_cpu_seconds: float  # this whole process (executor threads included)
     read_seconds: float  # summed over tiles (worker time)
     kernel_seconds: float
     write_seconds: float
+    assemble_seconds: float  # worker time assembling one COG (dst .tif only)
     valid_pixels: int
     minimum: float | None
     maximum: float | None
     workers: set[str] = field(default_factory=set)
+
+    @property
+    def worker_busy_seconds(self) -> float:
+        return self.read_seconds + self.kernel_seconds + self.write_seconds
 
     @property
     def tiles_per_second(self) -> float:
@@ -229,27 +149,30 @@ def run_tiled(
     operation: str = "hillshade",
     tile_size: int | tuple[int, int] = DEFAULT_TILE_SIZE,
     band: int = 1,
-    tile_store: str | None = None,
-    creation_options: Sequence[str] = OUTPUT_CREATION_OPTIONS,
+    creation_options: Sequence[str] | None = None,
+    overwrite: bool = True,
     progress: bool | None = None,
     endpoint_url: str | None = None,
     kernel: Callable | None = None,
     **kernel_options,
 ) -> TiledRunSummary:
-    """Run gdaldem's `operation` over `src` in tiles on `executor`; stitch into GeoTIFF `dst`.
+    """Run gdaldem's `operation` over `src` in tiles on `executor`; workers write `dst`.
 
     The result equals what the kernel (and so `gdaldem <operation>`) gives for the whole
     raster, whatever the tile size or the executor. dst gets src's georeferencing and
-    projection, gdaldem's output type and nodata (Byte/0 for hillshade, Float32/-9999 for
-    slope and aspect) and `creation_options`. dst must be a local path; it appears only when
-    the run succeeded (a failed tile raises TileFailedError and leaves no dst behind).
+    projection and gdaldem's output type and nodata (Byte/0 for hillshade, Float32/-9999 for
+    slope and aspect).
 
+    dst: `name.vrt`: workers write COG tiles under `name.tiles/` (`creation_options`, COG
+        driver) and this process writes the VRT mosaic over them (no pixels read);
+        `name.tif`: the same in a scratch directory, then one worker assembles a single COG
+        (with overviews) at dst and removes the scratch. creation_options (COG driver)
+        replace those of both the tiles and the assembled COG. A local path, or /vsis3/bucket/key
+        when workers do not share this filesystem. Existing outputs are replaced unless
+        overwrite=False. A failed tile raises TileFailedError and leaves no output behind.
     src: a GDAL path the workers can read: a local file when they share this filesystem
         (ProcessPoolExecutor, BatchExecutor on the embedded emulator), `/vsis3/bucket/key`
         when they do not (BatchExecutor on AWS).
-    tile_store: where workers write tile files: a local directory, or a `/vsis3/bucket/prefix`
-        (required when workers do not share this filesystem). A unique subdirectory is used
-        and removed afterwards. Default: a scratch directory next to dst.
     kernel_options: gdaldem's options of the operation (z, scale, azimuth, altitude, alg,
         combined, multidirectional, percent, trigonometric, zero_for_flat, compute_edges);
         the input nodata is the source band's.
@@ -259,68 +182,44 @@ def run_tiled(
     kernel: replaces gpu.<operation> (same signature); a module-level function.
     """
     op = _operation(operation, kernel_options)
-    if gdal_io.is_virtual(dst):
-        raise ValueError(f"dst must be a local path, got {dst!r}; copy the result afterwards")
     if not gdal_io.is_virtual(src):
         src = os.path.abspath(src)  # workers need not share this process's working directory
-    t_start = time.perf_counter()
+    t0 = time.perf_counter()
     with gdal_io.s3_config(endpoint_url):
-        info = gdal_io.raster_info(src, band)
-    tiles = tile_grid(info.width, info.height, tile_size, halo=TERRAIN_HALO)
-    dst_dir = os.path.dirname(os.path.abspath(dst))
-    run_dir = _run_directory(tile_store, dst_dir)
-    tile_options = (S3_TILE_CREATION_OPTIONS if gdal_io.is_virtual(run_dir)
-                    else LOCAL_TILE_CREATION_OPTIONS)
-    tasks = [
-        TileTask(src, band, info, t, operation, dict(kernel_options),
-                 gdal_io.join(run_dir, f"{t.name}.tif"), kernel, tile_options)
-        for t in tiles
-    ]
-    partial = os.path.join(dst_dir, f".{os.path.basename(dst)}.{uuid.uuid4().hex[:8]}.partial")
-    summary = TiledRunSummary(dst, operation, info.width, info.height, len(tiles), 0.0, 0.0,
-                              0.0, 0.0, 0.0, 0, None, None)
-    pending: list[futures.Future] = []
-    leftover = {task.dst for task in tasks}  # tile files not yet stitched (and removed)
+        data_type = gdal_io.band_data_type(src, band)
+    # gdaldem computes in Float32 whatever the input type; Int16 is kept as is because the
+    # kernels take it natively and it halves the host-to-device transfer.
+    dtype = None if data_type in (gdal.GDT_Int16, gdal.GDT_Float32) else np.float32
+    opened = time.perf_counter() - t0
     try:
-        out = gdal_io.create_raster(
-            partial, info.width, info.height, op.data_type,
-            geotransform=info.geotransform if info.has_georeference else None,
-            projection=info.projection, nodata=op.nodata, creation_options=creation_options,
+        s = apply(
+            executor, terrain_block,
+            {"dem": Input(src, bands=(band,), halo=TERRAIN_HALO, dtype=dtype)},
+            {"out": Output(dst, _NUMPY_TYPES[op.data_type], 1, op.nodata,
+                           statistics=True, **_creation_options(creation_options))},
+            block_size=tile_size, overwrite=overwrite, progress=progress,
+            endpoint_url=endpoint_url, description=operation,
+            kwargs=dict(operation=operation, options=dict(kernel_options), kernel=kernel),
         )
-        by_future = {executor.submit(process_tile, task): task for task in tasks}
-        pending = list(by_future)
-        with _progress_bar(len(tiles), progress, operation) as bar:
-            for fut in futures.as_completed(by_future):
-                task = by_future[fut]
-                try:
-                    result = fut.result()
-                except BaseException as exc:
-                    raise TileFailedError(task.tile, src, exc) from exc
-                t0 = time.perf_counter()
-                with gdal_io.s3_config(endpoint_url):
-                    _stitch(out, task.tile.core, result.path)
-                    gdal_io.remove(result.path)
-                leftover.discard(task.dst)
-                summary.stitch_seconds += time.perf_counter() - t0
-                _accumulate(summary, result)
-                bar.update(1)
-        t0 = time.perf_counter()
-        out.FlushCache()
-        out = None
-        summary.stitch_seconds += time.perf_counter() - t0
-        os.replace(partial, dst)
-    except BaseException:
-        out = None
-        for fut in pending:
-            fut.cancel()
-        futures.wait(pending)  # running tiles may still write files: let them, then clean up
-        gdal_io.remove(partial)
-        raise
-    finally:
-        with gdal_io.s3_config(endpoint_url):
-            _remove_run_directory(run_dir, leftover)
-    summary.seconds = time.perf_counter() - t_start
-    return summary
+    except BlockFailedError as exc:
+        raise TileFailedError(exc.block, src, exc.__cause__) from exc.__cause__
+    stats = s.stats.get("out")
+    return TiledRunSummary(
+        dst=s.outputs["out"], operation=operation, width=s.width, height=s.height,
+        tiles=s.blocks, seconds=s.seconds + opened,
+        client_busy_seconds=s.client_busy_seconds + opened,
+        client_cpu_seconds=s.client_cpu_seconds, read_seconds=s.read_seconds,
+        kernel_seconds=s.compute_seconds, write_seconds=s.write_seconds,
+        assemble_seconds=s.assemble_seconds, valid_pixels=stats.valid_pixels if stats else 0,
+        minimum=stats.minimum if stats else None, maximum=stats.maximum if stats else None,
+        workers=s.workers,
+    )
+
+
+def _creation_options(options: Sequence[str] | None) -> dict:
+    if options is None:
+        return {}
+    return dict(creation_options=tuple(options), cog_creation_options=tuple(options))
 
 
 def _operation(operation: str, kernel_options: Mapping[str, object]) -> Operation:
@@ -337,48 +236,3 @@ def _operation(operation: str, kernel_options: Mapping[str, object]) -> Operatio
             f"its options are {', '.join(sorted(op.options))}"
         )
     return op
-
-
-def _run_directory(tile_store: str | None, dst_dir: str) -> str:
-    """A fresh directory (or /vsis3/ prefix) for this run's tile files."""
-    if tile_store is None:
-        return tempfile.mkdtemp(prefix=".tiles-", dir=dst_dir)
-    path = gdal_io.join(tile_store, f"tiles-{uuid.uuid4().hex}")
-    gdal_io.make_dir(path)
-    return path
-
-
-def _remove_run_directory(run_dir: str, leftover: set[str]) -> None:
-    # The tiles not stitched (after a failure) one by one first: on S3 a "directory" is only
-    # a prefix, and deleting the keys we know of does not depend on listing being consistent.
-    # Stitched tiles were removed as they were stitched: one request each, not two.
-    for path in leftover:
-        gdal_io.remove(path)
-    gdal_io.remove_tree(run_dir)
-
-
-def _stitch(out: gdal.Dataset, core: Window, tile_path: str) -> None:
-    arr = gdal_io.read_window(tile_path)
-    if arr.shape != (core.ysize, core.xsize):
-        raise ValueError(f"tile file {tile_path} is {arr.shape}, expected core {core}")
-    out.GetRasterBand(1).WriteArray(arr, core.xoff, core.yoff)
-
-
-def _accumulate(summary: TiledRunSummary, result: TileResult) -> None:
-    summary.read_seconds += result.read_seconds
-    summary.kernel_seconds += result.kernel_seconds
-    summary.write_seconds += result.write_seconds
-    summary.valid_pixels += result.valid_pixels
-    summary.workers.add(result.worker)
-    if result.minimum is not None:
-        summary.minimum = (result.minimum if summary.minimum is None
-                           else min(summary.minimum, result.minimum))
-        summary.maximum = (result.maximum if summary.maximum is None
-                           else max(summary.maximum, result.maximum))
-
-
-def _progress_bar(total: int, progress: bool | None, operation: str):
-    from tqdm import tqdm
-
-    enabled = sys.stderr.isatty() if progress is None else progress
-    return tqdm(total=total, unit="tile", desc=operation, disable=not enabled, leave=False)

@@ -52,6 +52,18 @@ class Window:
             raise ValueError(f"{self} is not inside {outer}")
         return Window(self.xoff - outer.xoff, self.yoff - outer.yoff, self.xsize, self.ysize)
 
+    def grown(self, halo: int, width: int, height: int) -> Window:
+        """This window grown by `halo` pixels on every side, clipped to a width x height image.
+
+        Clipping (not padding) is what makes tiles equal the untiled run: where the grown
+        window meets the image border, the array border is the image border.
+        """
+        if halo < 0:
+            raise ValueError(f"halo must be >= 0, got {halo}")
+        x0, y0 = max(0, self.xoff - halo), max(0, self.yoff - halo)
+        x1, y1 = min(width, self.xend + halo), min(height, self.yend + halo)
+        return Window(x0, y0, x1 - x0, y1 - y0)
+
     def __str__(self) -> str:
         return f"x {self.xoff}:{self.xend}, y {self.yoff}:{self.yend}"
 
@@ -97,8 +109,5 @@ def tile_grid(width: int, height: int, tile_size: int | tuple[int, int], halo: i
     for row, yoff in enumerate(range(0, height, ty)):
         for col, xoff in enumerate(range(0, width, tx)):
             core = Window(xoff, yoff, min(tx, width - xoff), min(ty, height - yoff))
-            rx0, ry0 = max(0, core.xoff - halo), max(0, core.yoff - halo)
-            rx1, ry1 = min(width, core.xend + halo), min(height, core.yend + halo)
-            read = Window(rx0, ry0, rx1 - rx0, ry1 - ry0)
-            tiles.append(Tile(len(tiles), row, col, core, read))
+            tiles.append(Tile(len(tiles), row, col, core, core.grown(halo, width, height)))
     return tiles

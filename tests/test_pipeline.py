@@ -1,4 +1,5 @@
-"""Tiled pipeline: tiled == untiled bit for bit, any executor, georeferencing, failures, S3.
+"""Tiled pipeline: tiled == untiled bit for bit, any executor, georeferencing, failures, S3,
+output written by the workers (COG tiles + VRT mosaic, or one worker-assembled COG).
 
 The pipeline mechanics are tested with small numpy stand-in kernels defined here (3x3,
 gdaldem's edge rule at the array border), so that these tests do not depend on the OpenCL
@@ -170,6 +171,93 @@ def test_tiled_equals_untiled_gpu_kernels(tmp_path, operation, options, nodata):
     np.testing.assert_array_equal(_read(tmp_path / "out.tif"), expected)
 
 
+# --- the output: COG tiles + VRT mosaic, written by the workers ------------------------------
+
+@pytest.mark.parametrize("operation,dtype", [("hillshade", np.float32), ("slope", np.int16)])
+@pytest.mark.parametrize("tile_size", [10, (7, 16), 200])
+def test_vrt_mosaic_of_cog_tiles_equals_untiled(tmp_path, operation, dtype, tile_size):
+    nodata = -9999.0 if dtype == np.float32 else -32768
+    dem = _dem(37, 51, dtype, nodata)
+    src = _write(tmp_path / "dem.tif", dem, nodata)
+    kernel = STANDINS[operation]
+    expected = kernel(dem, GT, nodata=nodata)
+    with ThreadPoolExecutor(2) as ex:
+        s = run_tiled(ex, src, str(tmp_path / "out.vrt"), operation=operation,
+                      tile_size=tile_size, kernel=kernel, progress=False)
+    assert s.dst == str(tmp_path / "out.vrt")
+    ds = gdal.Open(s.dst)
+    assert ds.GetDriver().ShortName == "VRT"
+    assert ds.GetGeoTransform() == GT and 'AUTHORITY["EPSG","32616"]' in ds.GetProjection()
+    band = ds.GetRasterBand(1)
+    assert band.GetNoDataValue() == (0 if operation == "hillshade" else -9999)
+    got = band.ReadAsArray()
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    tiles = sorted(os.listdir(tmp_path / "out.tiles"))
+    assert len(tiles) == s.tiles and tiles[0] == "r0000_c0000.tif"
+    for name in tiles:  # each tile is itself a georeferenced COG with gdaldem's nodata
+        t = gdal.Open(str(tmp_path / "out.tiles" / name))
+        assert t.GetMetadataItem("LAYOUT", "IMAGE_STRUCTURE") == "COG"
+        assert t.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == "DEFLATE"
+        assert t.GetRasterBand(1).GetNoDataValue() == band.GetNoDataValue()
+        assert t.GetProjection() == ds.GetProjection()
+    assert _leftovers(tmp_path) == []
+    # The mosaic names its tiles relative to itself: the output moves as a whole.
+    assert 'relativeToVRT="1">out.tiles/r0000_c0000.tif<' in (tmp_path / "out.vrt").read_text()
+    os.rename(tmp_path / "out.vrt", tmp_path / "moved.vrt")  # sibling name no longer matches
+    os.makedirs(tmp_path / "elsewhere")
+    for name in ("moved.vrt",):
+        os.rename(tmp_path / name, tmp_path / "elsewhere" / "out.vrt")
+    os.rename(tmp_path / "out.tiles", tmp_path / "elsewhere" / "out.tiles")
+    np.testing.assert_array_equal(_read(tmp_path / "elsewhere" / "out.vrt"), expected)
+
+
+def test_rerun_replaces_the_mosaic_and_overwrite_false_refuses(tmp_path, dem_file):
+    dst = str(tmp_path / "m.vrt")
+    with ThreadPoolExecutor(2) as ex:
+        run_tiled(ex, dem_file, dst, kernel=standin_hillshade, tile_size=20, progress=False)
+        assert len(os.listdir(tmp_path / "m.tiles")) == 20
+        run_tiled(ex, dem_file, dst, kernel=standin_hillshade, tile_size=40, progress=False)
+        assert len(os.listdir(tmp_path / "m.tiles")) == 6  # no stale tiles of the first grid
+        with pytest.raises(FileExistsError, match="overwrite=True"):
+            run_tiled(ex, dem_file, dst, kernel=standin_hillshade, overwrite=False)
+    np.testing.assert_array_equal(_read(dst), standin_hillshade(_read(dem_file), GT))
+
+
+def test_the_client_reads_and_writes_no_pixels(tmp_path, dem_file, monkeypatch):
+    """Workers (pool threads here) move every pixel; the calling thread only coordinates."""
+    import threading
+
+    main = threading.main_thread()
+
+    def guard(real):
+        def call(*args, **kwargs):
+            assert threading.current_thread() is not main, f"client called {real.__name__}"
+            return real(*args, **kwargs)
+        return call
+
+    for cls, names in ((gdal.Band, ("ReadAsArray", "ReadRaster", "WriteArray", "WriteRaster")),
+                       (gdal.Dataset, ("ReadAsArray", "ReadRaster", "WriteRaster"))):
+        for name in names:
+            monkeypatch.setattr(cls, name, guard(getattr(cls, name)))
+    monkeypatch.setattr(gdal.Driver, "CreateCopy", guard(gdal.Driver.CreateCopy))
+    with ThreadPoolExecutor(2) as ex:
+        s = run_tiled(ex, dem_file, str(tmp_path / "o.vrt"), kernel=standin_hillshade,
+                      tile_size=20, progress=False)
+        c = run_tiled(ex, dem_file, str(tmp_path / "o.tif"), kernel=standin_hillshade,
+                      tile_size=20, progress=False)
+    monkeypatch.undo()
+    assert 0 < s.client_busy_seconds < s.seconds and s.worker_busy_seconds > 0
+    assert c.assemble_seconds > 0
+    np.testing.assert_array_equal(_read(tmp_path / "o.vrt"), _read(tmp_path / "o.tif"))
+
+
+def test_bad_destination_is_an_error_before_anything_runs(tmp_path, dem_file):
+    with ThreadPoolExecutor(1) as ex, pytest.raises(ValueError, match="must end in .vrt"):
+        run_tiled(ex, dem_file, str(tmp_path / "o.png"), kernel=standin_hillshade)
+    assert os.listdir(tmp_path) == ["dem.tif"]
+
+
 # --- executors, georeferencing, options ----------------------------------------------------
 
 def test_process_and_thread_pools_give_identical_rasters(tmp_path, dem_file, process_pool):
@@ -180,6 +268,8 @@ def test_process_and_thread_pools_give_identical_rasters(tmp_path, dem_file, pro
     np.testing.assert_array_equal(_read(tmp_path / "p.tif"), _read(tmp_path / "t.tif"))
     assert s.tiles == 5 * 4 and s.width == 83 and s.height == 61
     assert s.valid_pixels == 81 * 59 and s.tiles_per_second > 0 and s.mpixels_per_second > 0
+    assert s.worker_busy_seconds == pytest.approx(
+        s.read_seconds + s.kernel_seconds + s.write_seconds)
 
 
 @pytest.mark.parametrize("operation,dtype,nodata", [("hillshade", gdal.GDT_Byte, 0),
@@ -189,14 +279,16 @@ def test_stitched_file_keeps_georeferencing_and_gdaldem_nodata(tmp_path, dem_fil
     dst = str(tmp_path / "out.tif")
     with ThreadPoolExecutor(2) as ex:
         run_tiled(ex, dem_file, dst, operation=operation, kernel=STANDINS[operation],
-                  tile_size=32, progress=False, creation_options=["TILED=YES", "COMPRESS=LZW"])
+                  tile_size=32, progress=False, creation_options=["COMPRESS=LZW",
+                                                                  "BLOCKSIZE=256"])
     ds = gdal.Open(dst)
     assert ds.GetGeoTransform() == GT
     assert 'AUTHORITY["EPSG","32616"]' in ds.GetProjection()
     band = ds.GetRasterBand(1)
     assert band.DataType == dtype and band.GetNoDataValue() == nodata
     assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == "LZW"
-    assert band.GetBlockSize() != [83, 1]
+    assert ds.GetMetadataItem("LAYOUT", "IMAGE_STRUCTURE") == "COG"
+    assert band.GetBlockSize() == [256, 256]
 
 
 def test_options_are_checked_before_anything_runs(tmp_path, dem_file):
@@ -220,7 +312,8 @@ def test_progress_bar_can_be_forced_on(tmp_path, dem_file, capsys):
     with ThreadPoolExecutor(1) as ex:
         run_tiled(ex, dem_file, str(tmp_path / "o.tif"), kernel=standin_hillshade,
                   tile_size=40, progress=True)
-    assert "tile" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "hillshade" in err and "/6 " in err and "block" in err
 
 
 # --- failures -------------------------------------------------------------------------------
@@ -275,8 +368,8 @@ def test_endpoint_config_maps_aws_endpoint_url():
     assert gdal_io.endpoint_config({}) == {}
 
 
-def test_vsis3_source_and_tile_store_round_trip(tmp_path, dem_file, moto_endpoint,
-                                                monkeypatch):
+def test_vsis3_source_and_outputs_written_by_workers(tmp_path, dem_file, moto_endpoint,
+                                                     monkeypatch):
     import boto3
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
@@ -293,13 +386,21 @@ def test_vsis3_source_and_tile_store_round_trip(tmp_path, dem_file, moto_endpoin
                   tile_size=25, progress=False)
     # Fresh worker processes see the endpoint only through their environment.
     with ProcessPoolExecutor(2) as ex:
-        summary = run_tiled(ex, "/vsis3/rasters/in/dem.tif", str(tmp_path / "s3.tif"),
-                            kernel=standin_hillshade, tile_size=25,
-                            tile_store="/vsis3/rasters/scratch", progress=False)
-    assert summary.tiles == 12
-    np.testing.assert_array_equal(_read(tmp_path / "s3.tif"), _read(tmp_path / "local.tif"))
-    left = s3.list_objects_v2(Bucket="rasters", Prefix="scratch/").get("KeyCount", 0)
-    assert left == 0
+        summary = run_tiled(ex, "/vsis3/rasters/in/dem.tif", "/vsis3/rasters/out/hs.vrt",
+                            kernel=standin_hillshade, tile_size=25, progress=False)
+        cog = run_tiled(ex, "/vsis3/rasters/in/dem.tif", "/vsis3/rasters/out/hs.tif",
+                        kernel=standin_hillshade, tile_size=25, progress=False)
+    assert summary.tiles == 12 and summary.dst == "/vsis3/rasters/out/hs.vrt"
+    assert cog.dst == "/vsis3/rasters/out/hs.tif" and cog.assemble_seconds > 0
+    expected = _read(tmp_path / "local.tif")
+    with gdal_io.s3_config():
+        np.testing.assert_array_equal(_read("/vsis3/rasters/out/hs.vrt"), expected)
+        np.testing.assert_array_equal(_read("/vsis3/rasters/out/hs.tif"), expected)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="rasters", Prefix="out/")
+                  .get("Contents", []))
+    assert keys == ["out/hs.tif", "out/hs.tiles/r0000_c0000.tif"] + [
+        f"out/hs.tiles/r{r:04d}_c{c:04d}.tif" for r in range(3) for c in range(4)][1:] + [
+        "out/hs.vrt"]  # the .tif's scratch tiles and mosaic are gone
 
     # write_raster + read_window straight on S3
     with gdal_io.s3_config():
