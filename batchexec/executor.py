@@ -36,13 +36,12 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from concurrent.futures import TimeoutError as FuturesTimeoutError
 from functools import partial
 
+from . import lifecycle
 from .aws import AwsClients, resolve_endpoint
 from .collector import DeadLetterWatcher, ResultCollector
 from .config import ExecutorOptions
@@ -54,6 +53,7 @@ from .errors import (
     WorkersUnavailableError,
 )
 from .launcher import BatchLauncher, WorkerMonitor
+from .mapping import chunks, map_results, run_chunk
 from .serialization import describe, digest, dumps, main_script_path
 from .session import Session, SessionHeartbeat
 from .tasks import NotAccepted, TaskTable, WorkItem
@@ -67,15 +67,6 @@ DEFAULT_STACK = "batchexec"
 #: After Ctrl-C, how long the abort may wait for the worker jobs to be terminated and the
 #: queues removed before giving up on a clean teardown (the process must exit within 10 s).
 ABORT_SECONDS = 8.0
-
-_live_executors: weakref.WeakSet = weakref.WeakSet()
-_interrupted = False
-
-
-def _run_chunk(fn, chunk):
-    """Worker side of map(chunksize=n): one task runs fn over a list of argument tuples."""
-    return [fn(*args) for args in chunk]
-
 
 class BatchExecutor(Executor):
     """An Executor that runs calls on AWS Batch workers (or on the embedded emulator).
@@ -222,8 +213,7 @@ class BatchExecutor(Executor):
         ]
         for thread in self._threads:
             thread.start()
-        _live_executors.add(self)
-        _install_interrupt_hook()
+        lifecycle.register(self)
         # Registered after the emulator started: atexit runs hooks last-in first-out, so this
         # shuts the executor down while its emulator (closed by its own finalizer) still runs.
         atexit.register(self._shutdown_at_exit)
@@ -318,8 +308,8 @@ class BatchExecutor(Executor):
         end_time = None if timeout is None else timeout + time.monotonic()
         label = describe(fn)
         if chunksize > 1:
-            call = partial(_run_chunk, fn)
-            argsets = ((list(c),) for c in _chunks(zip(*iterables, strict=False), chunksize))
+            call = partial(run_chunk, fn)
+            argsets = ((list(c),) for c in chunks(zip(*iterables, strict=False), chunksize))
         else:
             call = fn
             argsets = zip(*iterables, strict=False)
@@ -335,31 +325,9 @@ class BatchExecutor(Executor):
         else:
             futures = deque(submit(args) for args in itertools.islice(argsets, buffersize))
             more = argsets
-        return self._map_results(futures, more, submit, end_time, chunked=chunksize > 1)
-
-    def _map_results(self, futures: deque, more, submit, end_time, chunked: bool):
-        """Yield results in order, topping up the buffer as each is consumed; cancel the rest
-        on an early exit or error (as the standard library does). Holds no yielded result."""
-        try:
-            while futures:
-                if more is not None:
-                    args = next(more, None)
-                    if args is not None:
-                        futures.append(submit(args))
-                    del args
-                if chunked:
-                    chunk = _result_or_cancel(futures.popleft(), end_time)
-                    chunk.reverse()
-                    while chunk:
-                        yield chunk.pop()
-                else:
-                    yield _result_or_cancel(futures.popleft(), end_time)
-        except KeyboardInterrupt:
-            self._abort("KeyboardInterrupt while waiting for map() results")
-            raise
-        finally:
-            for future in futures:
-                future.cancel()
+        interrupted = partial(self._abort, "KeyboardInterrupt while waiting for map() results")
+        return map_results(futures, more, submit, end_time, chunked=chunksize > 1,
+                           on_interrupt=interrupted)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if os.getpid() != self._pid:
@@ -485,7 +453,7 @@ class BatchExecutor(Executor):
         if os.getpid() != self._pid:
             return
         try:
-            if _interrupted:
+            if lifecycle.interrupted():
                 self._abort("uncaught KeyboardInterrupt")
             else:
                 self.shutdown(wait=True, cancel_futures=True)
@@ -497,51 +465,3 @@ def _pickle_callable(fn, label: str) -> tuple[bytes, str, dict[str, bytes]]:
     blobs: dict[str, bytes] = {}
     data = dumps(fn, f"callable {label}", blobs=blobs)
     return data, digest(data), blobs
-
-
-def _result_or_cancel(future: Future, end_time: float | None):
-    try:
-        try:
-            if end_time is None:
-                return future.result()
-            return future.result(end_time - time.monotonic())
-        except FuturesTimeoutError:
-            future.cancel()
-            raise
-    finally:
-        del future  # no reference cycle through the traceback keeps the result alive
-
-
-def _chunks(iterable: Iterable, n: int) -> Iterator[tuple]:
-    it = iter(iterable)
-    while chunk := tuple(itertools.islice(it, n)):
-        yield chunk
-
-
-def _install_interrupt_hook() -> None:
-    """Note an uncaught KeyboardInterrupt (sys.excepthook runs before atexit), so that the
-    exit hooks abort the executors instead of waiting for their running tasks."""
-    previous = sys.excepthook
-    if getattr(previous, "_batchexec", False):
-        return
-
-    def hook(exc_type, exc, tb):
-        global _interrupted
-        if issubclass(exc_type, KeyboardInterrupt):
-            _interrupted = True
-        previous(exc_type, exc, tb)
-
-    hook._batchexec = True
-    sys.excepthook = hook
-
-
-def _after_fork_in_child() -> None:
-    """The executor's threads do not survive a fork: a child's executors are unusable (and
-    _check_owner says so), and nothing at the child's exit may touch the parent's session."""
-    for executor in list(_live_executors):
-        atexit.unregister(executor._shutdown_at_exit)
-    _live_executors.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
