@@ -136,7 +136,12 @@ class TaskTable:
                 self._pending.append(item)
                 for key in item.shared:
                     self._shared_refs[key] = self._shared_refs.get(key, 0) + 1
-            self._changed.notify_all()
+            # Wake the threads only when this can change what they wait for: the dispatcher
+            # needs a credit, the collector work where there was none, shutdown an empty
+            # table. A wake-up per submit while all credits are taken (a large map) would be a
+            # thread switch per task for nothing.
+            if not live or self.credits > 0 or self._outstanding() <= 1:
+                self._changed.notify_all()
             return live
 
     def abandon(self, future: Future) -> None:
@@ -166,14 +171,6 @@ class TaskTable:
         with self._lock:
             self._changed.wait_for(lambda: self._outstanding() or self.closing, timeout)
             return bool(self._outstanding())
-
-    def wait_in_flight(self) -> bool:
-        """Block until a sent task awaits its result, or the table closes with none left."""
-        with self._lock:
-            self._changed.wait_for(
-                lambda: self._in_flight or (self.closing and not self._outstanding())
-            )
-            return bool(self._in_flight) or bool(self._outstanding())
 
     def wait_done(self, timeout: float | None = None) -> bool:
         """Block until nothing is outstanding."""
@@ -301,7 +298,8 @@ class TaskTable:
             record.garbage = self._release(record.shared)
             if record.payload:
                 record.garbage.append(record.payload)
-            self._changed.notify_all()
+            if not left or not self._outstanding():  # a credit came back, or all done
+                self._changed.notify_all()
             return record
 
     # -- cancellation and failure -------------------------------------------------------------

@@ -58,11 +58,15 @@ class Outbox(threading.Thread):
 
     def _add(self, item) -> None:
         with self._cond:
-            if not self._pending:
+            first = not self._pending
+            if first:
                 self._first_at = time.monotonic()
             self._pending.append(item)
             self._queued += 1
-            self._cond.notify_all()
+            if first:
+                # Only the first item arms the timer; waking the thread for every later one
+                # (it would go back to waiting) cost a thread switch per task.
+                self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued so far now; wait until sent. False on timeout; QueueGone
