@@ -117,17 +117,9 @@ def container_name(job: Any) -> str:
 
 def container_environment(job: Any, variables: dict[str, str], endpoint: str) -> dict[str, str]:
     """What Batch and ECS give a job's container (see the module docstring)."""
-    region = job.job_definition._region
-    env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
-    env.update(variables)
-    env["AWS_BATCH_JOB_ID"] = job.job_id
-    env["AWS_BATCH_JOB_ATTEMPT"] = str(len(job.attempts) or 1)
-    env["AWS_BATCH_JQ_NAME"] = job.job_queue.name
-    if job.job_queue.environments:
-        env["AWS_BATCH_CE_NAME"] = job.job_queue.environments[0].name
-    index = (job.array_properties or {}).get("index")
-    if index is not None:
-        env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
+    from .jobs import batch_environment  # jobs imports moto: only once a job runs
+
+    env = batch_environment(job, variables)
     env.setdefault("AWS_ENDPOINT_URL", endpoint)
     role_arn = (job.job_definition.container_properties or {}).get("jobRoleArn")
     if role_arn:

@@ -366,11 +366,22 @@ def local_command(job: Any) -> list[str]:
 
 def local_environment(job: Any) -> dict[str, str]:
     """The server's environment, then what ECS and Batch set, then the job's variables."""
-    region = job.job_definition._region
     variables = _job_variables(job)
     env = dict(os.environ)
-    env.update(AWS_REGION=region, AWS_DEFAULT_REGION=region)
-    env.update(variables)
+    env.update(batch_environment(job, variables))
+    if "AWS_ENDPOINT_URL" not in variables and _endpoint:
+        env["AWS_ENDPOINT_URL"] = _endpoint
+    if not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
+        env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    return env
+
+
+def batch_environment(job: Any, variables: dict[str, str]) -> dict[str, str]:
+    """What ECS and Batch give every job's container: the region, the job's variables, then
+    Batch's own AWS_BATCH_* variables (job id, attempt, queue, compute environment, array
+    index). Shared by local processes and containers."""
+    region = job.job_definition._region
+    env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region, **variables}
     env["AWS_BATCH_JOB_ID"] = job.job_id
     env["AWS_BATCH_JOB_ATTEMPT"] = str(len(job.attempts) or 1)
     env["AWS_BATCH_JQ_NAME"] = job.job_queue.name
@@ -379,10 +390,6 @@ def local_environment(job: Any) -> dict[str, str]:
     index = (job.array_properties or {}).get("index")
     if index is not None:
         env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(index)
-    if "AWS_ENDPOINT_URL" not in variables and _endpoint:
-        env["AWS_ENDPOINT_URL"] = _endpoint
-    if not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
-        env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     return env
 
 
