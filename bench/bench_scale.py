@@ -4,7 +4,8 @@
                                           [--sweep 2,8,32,64] [--sweep-tasks 5000] [--json PATH]
 
 Measures, in one run:
-- the big run: ``--tasks`` no-op tasks through map(buffersize=...) on ``--workers`` workers:
+- the big run: ``--tasks`` no-op tasks through map (``--buffersize``, default none) on
+  ``--workers`` workers:
   all resolve, AWS requests per task (target <= 0.05), client peak RSS (target < 300 MB, read
   in a fresh child process), wall time, and the Batch calls the monitor made (DescribeJobs and
   SubmitJob counts must not grow with the number of workers);
@@ -35,7 +36,7 @@ sys.path.insert(0, HERE)
 from bench_tasks import noop  # noqa: E402  (importable by workers: they get our sys.path)
 
 
-def run_child(endpoint: str, stack: str, tasks: int, workers: int) -> None:
+def run_child(endpoint: str, stack: str, tasks: int, workers: int, buffersize: int) -> None:
     """In a fresh process: one map, report wall time, client CPU, peak RSS and the check."""
     from batchexec import BatchExecutor
 
@@ -45,7 +46,7 @@ def run_child(endpoint: str, stack: str, tasks: int, workers: int) -> None:
         cpu0 = time.process_time()
         started = time.perf_counter()
         total = count = 0
-        for value in ex.map(noop, range(tasks), buffersize=10_000):
+        for value in ex.map(noop, range(tasks), buffersize=buffersize or None):
             total += value
             count += 1
         wall = time.perf_counter() - started
@@ -57,17 +58,20 @@ def run_child(endpoint: str, stack: str, tasks: int, workers: int) -> None:
     }))
 
 
-def measure(endpoint: str, control, tasks: int, workers: int) -> dict:
+def measure(endpoint: str, control, tasks: int, workers: int, buffersize: int) -> dict:
     control.reset_requests()
     out = subprocess.run(
-        [sys.executable, __file__, "--child", endpoint, "bx-scale", str(tasks), str(workers)],
+        [sys.executable, __file__, "--child", endpoint, "bx-scale", str(tasks), str(workers),
+         str(buffersize)],
         capture_output=True, text=True, check=True, timeout=3600,
     )
     row = json.loads(out.stdout.strip().splitlines()[-1])
     counts = control.requests()
     row["workers"] = workers
+    row["buffersize"] = buffersize or None
     row["requests_per_task"] = sum(counts.values()) / tasks
     row["batch_requests"] = {k: v for k, v in sorted(counts.items()) if k.startswith("batch.")}
+    row["requests_by_operation"] = dict(sorted(counts.items()))
     return row
 
 
@@ -77,12 +81,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--sweep", default="2,8,32,64")
     parser.add_argument("--sweep-tasks", type=int, default=5000)
+    parser.add_argument("--buffersize", type=int, default=0,
+                        help="map's buffersize (0: none, a plain map as users write it)")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "scale.json"))
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        endpoint, stack, tasks, workers = args.child
-        run_child(endpoint, stack, int(tasks), int(workers))
+        endpoint, stack, tasks, workers, buffersize = args.child
+        run_child(endpoint, stack, int(tasks), int(workers), int(buffersize))
         return
 
     from batchexec.emulator.control import EmulatorControl
@@ -93,8 +99,9 @@ def main() -> None:
     sweep = [int(w) for w in args.sweep.split(",") if w]
     with EmbeddedEmulator.start(stack_name="bx-scale") as emu:
         control = EmulatorControl(emu.endpoint_url)
-        rows = [measure(emu.endpoint_url, control, args.sweep_tasks, w) for w in sweep]
-        big = measure(emu.endpoint_url, control, args.tasks, args.workers)
+        rows = [measure(emu.endpoint_url, control, args.sweep_tasks, w, args.buffersize)
+                for w in sweep]
+        big = measure(emu.endpoint_url, control, args.tasks, args.workers, args.buffersize)
 
     result = {
         "date": date.today().isoformat(),
