@@ -22,10 +22,11 @@ What it does:
    worker used, and the agreement with `gdaldem hillshade` run here on the same input with
    the same options (skip: --no-compare).
 
-Running on AWS (--stack NAME): workers do not share this filesystem, so the input is uploaded
-to the stack's bucket (s3://BUCKET/batchexec-examples/inputs/, skipped when an object of the
-same size is there; or pass --input /vsis3/BUCKET/KEY) and the workers write the output to
-/vsis3/BUCKET/batchexec-examples/outputs/<name of --output> (or pass --output /vsis3/...);
+Running on AWS (--stack NAME): workers do not share this filesystem, so the input is
+uploaded to the stack's bucket (s3://BUCKET/data/batchexec-examples/inputs/, skipped when an
+object of the same size is there; or pass --input /vsis3/BUCKET/KEY) and the workers write
+the output to /vsis3/BUCKET/data/batchexec-examples/outputs/<name of --output> (or pass
+--output /vsis3/...: under the stack's WorkerDataPrefix, which the job role may write);
 the comparison and the preview read it from there.
 Deploy the stack first with `batchexec stack deploy --name NAME --wait`; credentials and
 region come from the usual AWS configuration (AWS_PROFILE, AWS_REGION, ...), and
@@ -58,8 +59,10 @@ gdal.UseExceptions()
 SAMPLE_EPSG = 32616
 #: Longest side of the PNG preview, in pixels.
 PREVIEW_SIZE = 1024
-#: Where inputs and scratch tiles go in the stack's bucket when running on AWS.
-S3_PREFIX = "batchexec-examples"
+#: Where inputs and scratch tiles go in the stack's bucket when running on AWS: under the
+#: stack's WorkerDataPrefix (default data/), the only prefix besides sessions/ that the job
+#: role lets tasks read and write.
+S3_PREFIX = "data/batchexec-examples"
 
 
 # -- the sample DEM --------------------------------------------------------------------------

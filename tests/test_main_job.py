@@ -103,10 +103,10 @@ def test_main_job_on_a_stack_goes_through_s3(tmp_path, emulator, clean_env):
     clients = AwsClients.resolve(endpoint_url=emulator.endpoint_url)
     bucket = describe_stack(clients, TEST_STACK).bucket
     keys = [o["Key"] for o in clients.client("s3").list_objects_v2(
-        Bucket=bucket, Prefix="batchexec-examples/").get("Contents", [])]
+        Bucket=bucket, Prefix="data/batchexec-examples/").get("Contents", [])]
     # The workers wrote the COG (and the preview) to the bucket; its scratch tiles are gone.
-    assert sorted(keys) == ["batchexec-examples/inputs/jacksboro_dem_300.tif",
-                            "batchexec-examples/outputs/hs.png",
-                            "batchexec-examples/outputs/hs.tif"]
-    assert report["output"] == f"/vsis3/{bucket}/batchexec-examples/outputs/hs.tif"
+    assert sorted(keys) == ["data/batchexec-examples/inputs/jacksboro_dem_300.tif",
+                            "data/batchexec-examples/outputs/hs.png",
+                            "data/batchexec-examples/outputs/hs.tif"]
+    assert report["output"] == f"/vsis3/{bucket}/data/batchexec-examples/outputs/hs.tif"
     assert not out.exists() and (tmp_path / "hs.png").exists()
