@@ -161,11 +161,6 @@ class TaskTable:
         return (self._preparing + len(self._pending) + len(self._dispatching)
                 + len(self._in_flight))
 
-    def waiting(self) -> int:
-        """Tasks accepted but not yet sent (the work a new worker could start on)."""
-        with self._lock:
-            return self._preparing + len(self._pending) + len(self._dispatching)
-
     def wait_for_work(self, timeout: float | None = None) -> bool:
         """Block until some task is outstanding or the table closes; True if work exists."""
         with self._lock:
@@ -189,7 +184,7 @@ class TaskTable:
         """Wait for a credit and pending work; return up to max_messages packs of tasks.
 
         Returns None once the table is closing (or broken) and nothing is left to send. The
-        items move to "dispatching" until register_message or fail_dispatching.
+        items move to "dispatching" until register_message or drop_dispatching.
         """
         with self._lock:
             self._changed.wait_for(
@@ -335,7 +330,3 @@ class TaskTable:
             self._messages.clear()
             self._changed.notify_all()
             return futures
-
-    def payload_keys(self) -> list[str]:
-        with self._lock:
-            return [r.payload for r in self._in_flight.values() if r.payload]
