@@ -141,7 +141,6 @@ class BatchExecutor(Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._aborted = False
-        self._broken: BaseException | None = None
         self._closer: threading.Thread | None = None
         self._ids = itertools.count()
         self._threads: list = []
@@ -233,6 +232,13 @@ class BatchExecutor(Executor):
     def session_id(self) -> str:
         """This executor's session: its queues and S3 prefix are named after it."""
         return self._session_id
+
+    @property
+    def _broken(self) -> BaseException | None:
+        """Why the executor broke (the task table's record), as the standard executors'
+        ``_broken`` attribute; None while it works."""
+        table = getattr(self, "_table", None)
+        return table.broken if table is not None else None
 
     def __repr__(self) -> str:
         where = self._clients.endpoint_url or f"AWS {self._clients.region}"
@@ -382,8 +388,6 @@ class BatchExecutor(Executor):
         futures = self._table.break_(error)
         if futures is None:
             return
-        with self._shutdown_lock:
-            self._broken = error
         if not self._aborted:
             log.error("executor broken: %s", error)
         self._monitor.poke()

@@ -53,7 +53,7 @@ GTIFF_LIKE_TILES = ("TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "COMPRESS=D
                     "ZLEVEL=1", "PREDICTOR=2", "BIGTIFF=IF_SAFER")
 
 
-def _load_example():
+def load_example():
     """examples/hillshade.py as a module (examples/ is not a package)."""
     path = os.path.join(ROOT, "examples", "hillshade.py")
     spec = importlib.util.spec_from_file_location("hillshade_example", path)
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
     import gpu
     from gpu.pipeline import DEFAULT_TILE_SIZE, OUTPUT_CREATION_OPTIONS, run_tiled, warm_up
 
-    example = _load_example()
+    example = load_example()
     job_args = example.parse_args(["--size", str(args.size)])  # gdaldem defaults, -s 1
     os.makedirs(args.data_dir, exist_ok=True)
     dem = example.sample_dem(args.data_dir, args.size)

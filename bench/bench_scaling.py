@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -35,15 +34,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from bench_hillshade_job import load_example  # noqa: E402  (examples/hillshade.py, loaded)
+
 RESULTS = os.path.join(HERE, "results", "scaling.json")
-
-
-def _load_example():
-    path = os.path.join(ROOT, "examples", "hillshade.py")
-    spec = importlib.util.spec_from_file_location("hillshade_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _peak_rss_mb() -> float:
@@ -65,7 +60,7 @@ def main(argv=None) -> dict:
     from batchexec import BatchExecutor
     from gpu.pipeline import DEFAULT_TILE_SIZE, run_tiled, warm_up
 
-    example = _load_example()
+    example = load_example()
     tile_size = args.tile_size or DEFAULT_TILE_SIZE
     os.makedirs(args.data_dir, exist_ok=True)
     dems = {}

@@ -56,6 +56,25 @@ def make_executor(emulator, clean_env):
         ex.shutdown(wait=True, cancel_futures=True)
 
 
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A bare moto server (S3 and friends, no batchexec stack) for /vsis3/ tests: GDAL reads
+    and writes through it as it would through S3."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def control(emulator):
     c = EmulatorControl(emulator.endpoint_url)

@@ -9,7 +9,6 @@ kernels; the real gpu kernels are exercised too when the gpu package provides th
 from __future__ import annotations
 
 import os
-import socket
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -342,21 +341,6 @@ def test_unreadable_source_is_an_error_before_any_task(tmp_path):
 
 
 # --- /vsis3/ against a real moto server --------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
 
 def test_endpoint_config_maps_aws_endpoint_url():
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:4566", "AWS_REGION": "eu-west-1"}

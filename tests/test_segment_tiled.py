@@ -225,23 +225,6 @@ def test_tiles_that_are_all_nodata(small_tif, tmp_path):
     assert int(got.max()) == len(np.unique(got)) - 1 == s.segments
 
 
-@pytest.fixture
-def moto_endpoint():
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 def test_through_s3_as_on_aws(small_tif, tmp_path, moto_endpoint, monkeypatch):
     """Workers that share no filesystem: the source and the tile files are on S3."""
     boto3 = pytest.importorskip("boto3")
