@@ -116,3 +116,16 @@ def test_the_key_is_not_in_reprs_or_s3(make_executor):
         for obj in page.get("Contents", []):
             data = s3.get_object(Bucket=ex.stack.bucket, Key=obj["Key"])["Body"].read()
             assert settings.session_key.encode() not in data
+
+
+def test_session_queues_are_encrypted_and_refuse_requests_without_tls(make_executor):
+    ex = make_executor(1)
+    sqs = _sqs(ex.endpoint_url)
+    settings = ex._session.settings
+    for url in (settings.task_queue_url, settings.result_queue_url):
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attrs["SqsManagedSseEnabled"] == "true"
+        (statement,) = json.loads(attrs["Policy"])["Statement"]
+        assert statement["Effect"] == "Deny" and statement["Action"] == "sqs:*"
+        assert statement["Resource"] == attrs["QueueArn"]
+        assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
