@@ -24,6 +24,7 @@ from queue import Empty, SimpleQueue
 import botocore.exceptions
 
 from . import protocol
+from .config import SQS_MAX_VISIBILITY
 from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
 from .output import OutputPrinter
 from .protocol import OutputMessage, ResultEntry, ResultMessage, TaskMessage, WorkerEvent
@@ -41,9 +42,11 @@ MAX_POLL_FAILURES = 5
 #: its owner's watcher only sees it once it is visible again; long enough that we do not
 #: receive it over and over while the owner claims it.
 FOREIGN_HIDE_SECONDS = 10
-#: ... and of a session that has ended, this long (SQS's maximum, 12 hours): it stays in the
-#: queue for operators to inspect until its retention period ends.
-ENDED_HIDE_SECONDS = 43200
+#: ... and of a session that has ended, this long: it stays in the queue for operators to
+#: inspect until its retention period ends. SQS counts a message's 12-hour visibility limit from
+#: the receive, not from this call, so asking for the full 43,200 s a moment after receiving is
+#: refused; ten minutes of margin covers the liveness lookup's retries in between.
+ENDED_HIDE_SECONDS = SQS_MAX_VISIBILITY - 600
 #: How long "session X is alive" is believed: sessions end, and then their dead letters
 #: must be parked for 12 hours rather than re-hidden every few seconds for 14 days.
 ALIVE_CACHE_SECONDS = 60

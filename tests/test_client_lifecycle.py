@@ -240,6 +240,27 @@ def test_the_dead_letter_watchers_liveness_cache_expires(monkeypatch):
     assert calls == ["other", "other"]  # asked again once the entry expired
 
 
+def test_a_dead_letter_of_an_ended_session_is_parked_not_redelivered(moto_endpoint, caplog):
+    """SQS counts the 12-hour visibility limit from the receive: asking for all of it a moment
+    later is refused, and the stale message then crowds every poll of the shared queue."""
+    import batchexec.collector as collector
+    from batchexec import protocol
+
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    queue = MessageQueue(sqs, sqs.create_queue(QueueName="ended-dead-letters")["QueueUrl"])
+    sqs.send_message(QueueUrl=queue.url, MessageBody="{}", MessageAttributes={
+        protocol.SESSION_ATTRIBUTE: {"DataType": "String", "StringValue": "ended"}})
+    watcher = DeadLetterWatcher(TaskTable(1), queue, session="me", max_attempts=3,
+                                session_alive=lambda s: False, on_broken=pytest.fail)
+    (message,) = queue.receive(wait=0)
+    time.sleep(1.1)  # the liveness lookup and the call itself take time after the receive
+    watcher._handle(message)
+    sqs.set_queue_attributes(QueueUrl=queue.url, Attributes={"VisibilityTimeout": "0"})
+    assert queue.receive(wait=0) == []  # still hidden, not back after the queue's default
+    assert collector.ENDED_HIDE_SECONDS > 12 * 3600 - 3600  # parked for most of 12 hours
+
+
 def test_aborted_tasks_fail_with_a_clear_error(make_executor):
     ex = make_executor(1)
     running = ex.submit(tf.slow_pid, 0, 30)
