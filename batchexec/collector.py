@@ -315,7 +315,10 @@ class DeadLetterWatcher(ServiceThread):
             except protocol.ProtocolError:
                 pass
         if owner != self.session or not isinstance(msg, TaskMessage) or not message.authentic:
-            self._release(message, owner if message.authentic else None)
+            # Another session's messages are signed with its key, so never authentic here: the
+            # unsigned session attribute only decides how long we hide them. One that claims
+            # to be ours without our signature is forged or damaged: parked, never acted on.
+            self._release(message, None if owner == self.session else owner)
             return
         for task in msg.tasks:
             record = self.table.resolve(task.task_id)

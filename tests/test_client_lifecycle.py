@@ -225,6 +225,30 @@ def test_a_partly_refused_send_fails_only_the_refused_entries():
     assert table.outstanding() == 2 and not failed
 
 
+def test_a_partly_refused_send_on_the_emulator_fails_only_the_refused_entry(make_executor,
+                                                                            control):
+    """The emulator refuses the second entry of one SendMessageBatch of task messages, as SQS
+    reports a partial failure (and refuses that body again on the retry)."""
+    from concurrent.futures import wait
+
+    ex = make_executor(2)
+    assert ex.submit(tf.square, 0).result(timeout=60) == 0  # workers up: sends batch from now
+    control.add_fault("SendMessageBatch", entry=1, queue="-tasks",
+                      code="InvalidMessageContents", message="refused for the test")
+    futures: list = []
+    for _ in range(20):  # until a send carried two messages or more and the fault fired
+        futures += [ex.submit(tf.square, i) for i in range(len(futures), len(futures) + 40)]
+        wait(futures, timeout=60)
+        if not control.faults():
+            break
+    assert control.faults() == [], "no send of task messages had two entries"
+    failed = [i for i, f in enumerate(futures) if f.exception(timeout=60) is not None]
+    assert failed, "the refused entry's tasks did not fail"
+    assert failed == list(range(failed[0], failed[-1] + 1))  # one message: one pack of tasks
+    assert all("refused for the test" in str(futures[i].exception()) for i in failed)
+    assert all(f.result() == i * i for i, f in enumerate(futures) if i not in failed)
+
+
 def test_the_dead_letter_watchers_liveness_cache_expires(monkeypatch):
     import batchexec.collector as collector
 
@@ -259,6 +283,37 @@ def test_a_dead_letter_of_an_ended_session_is_parked_not_redelivered(moto_endpoi
     sqs.set_queue_attributes(QueueUrl=queue.url, Attributes={"VisibilityTimeout": "0"})
     assert queue.receive(wait=0) == []  # still hidden, not back after the queue's default
     assert collector.ENDED_HIDE_SECONDS > 12 * 3600 - 3600  # parked for most of 12 hours
+
+
+def test_another_live_sessions_dead_letter_is_hidden_briefly_and_a_forged_one_parked(
+        moto_endpoint, monkeypatch):
+    """Other sessions sign with their own keys, so their dead letters are never authentic
+    to us: the session attribute decides the hiding, and their owner must get them back."""
+    import batchexec.collector as collector
+
+    monkeypatch.setattr(collector, "FOREIGN_HIDE_SECONDS", 1)
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    url = sqs.create_queue(QueueName="shared-dead-letters")["QueueUrl"]
+    ours, theirs = MessageQueue(sqs, url, b"k" * 32), MessageQueue(sqs, url, b"x" * 32)
+    asked = []
+    watcher = DeadLetterWatcher(TaskTable(1), ours, session="me", max_attempts=3,
+                                session_alive=lambda s: asked.append(s) or True,
+                                on_broken=pytest.fail)
+    theirs.send(['{"from": "a live session"}'], session="other")
+    (message,) = ours.receive(wait=0)
+    assert not message.authentic
+    watcher._handle(message)
+    assert asked == ["other"] and ours.receive(wait=0) == []
+    time.sleep(1.5)
+    (again,) = ours.receive(wait=0)  # back for its owner's watcher after the short hide
+    assert again.body == '{"from": "a live session"}'
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=again.receipt)
+    theirs.send(['{"claims": "to be mine"}'], session="me")  # not signed with our key
+    (forged,) = ours.receive(wait=0)
+    watcher._handle(forged)
+    time.sleep(1.5)
+    assert ours.receive(wait=0) == [] and asked == ["other"]  # parked, no liveness asked
 
 
 def test_aborted_tasks_fail_with_a_clear_error(make_executor):
