@@ -404,6 +404,31 @@ def test_more_faults_than_retries_surface_the_throttling(server, counts):
     assert control.faults()[0]["count"] == 3
 
 
+def test_an_entry_fault_refuses_one_entry_as_sqs_reports_a_partial_batch_failure(server, counts):
+    sqs = client(server, "sqs")
+    url = sqs.create_queue(QueueName=f"{STACK}-partial-tasks")["QueueUrl"]
+    other = sqs.create_queue(QueueName=f"{STACK}-partial-results")["QueueUrl"]
+    control = EmulatorControl(server[0])
+    control.add_fault("SendMessageBatch", entry=1, queue="-tasks", code="InvalidMessageContents")
+    entries = [{"Id": str(i), "MessageBody": f"body {i}"} for i in range(3)]
+    assert not sqs.send_message_batch(QueueUrl=other, Entries=entries).get("Failed")  # queue
+    single = sqs.send_message_batch(QueueUrl=url, Entries=entries[:1])  # no entry 1: untouched
+    assert [e["Id"] for e in single["Successful"]] == ["0"] and not single.get("Failed")
+    r = sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    assert sorted(e["Id"] for e in r["Successful"]) == ["0", "2"]
+    (failed,) = r["Failed"]
+    assert failed["Id"] == "1" and failed["Code"] == "InvalidMessageContents"
+    assert failed["SenderFault"] is True
+    assert control.faults() == []  # used up, but the refused body stays refused on a retry
+    again = sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "x", "MessageBody": "body 1"}])
+    assert again["Successful"] == [] and again["Failed"][0]["Id"] == "x"
+    bodies = sorted(m["Body"] for m in sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10)["Messages"])
+    assert bodies == ["body 0", "body 0", "body 2"]  # what SQS accepted, and only that
+    control.clear_faults()
+    assert not sqs.send_message_batch(QueueUrl=url, Entries=entries[1:2]).get("Failed")
+
+
 def test_bad_fault_spec_is_a_400(server):
     with pytest.raises(urllib.error.HTTPError) as info:
         EmulatorControl(server[0]).add_fault("X", bogus=1)

@@ -14,6 +14,9 @@ Control plane (JSON):
     POST   /_batchexec/requests/reset
     POST   /_batchexec/faults           {"operation": "SendMessageBatch", "count": 3,
                                          "code": "ThrottlingException", "status": 400}
+                                        a partial batch failure, as SQS reports one:
+                                        {"operation": "SendMessageBatch", "entry": 1,
+                                         "queue": "-tasks", "code": "InvalidMessageContents"}
     GET    /_batchexec/faults           the faults still armed
     DELETE /_batchexec/faults
 """
@@ -48,6 +51,14 @@ class Fault:
     code: str = "ThrottlingException"
     status: int = 400
     message: str = "Rate exceeded (injected by the batchexec emulator)"
+    #: SQS batch calls only: instead of failing the whole call, refuse the entry at this
+    #: position of the next `count` calls that have one, and list it under "Failed" as SQS
+    #: does. A refused body stays refused when sent again (SQS judges content, not timing),
+    #: until the faults are cleared.
+    entry: int | None = None
+    #: Only calls whose QueueUrl contains this (e.g. "-tasks": the client's sends, not the
+    #: workers' result sends).
+    queue: str = ""
 
     def matches(self, service: str, operation: str) -> bool:
         return self.operation in ("*", operation, f"{service}.{operation}", f"{service}.*")
@@ -61,6 +72,8 @@ class ControlMiddleware:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._faults: list[Fault] = []
+        #: Bodies refused by an entry fault, and the fault that refused them.
+        self._refused: dict[str, Fault] = {}
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -71,7 +84,17 @@ class ControlMiddleware:
         service, operation = identify(environ)
         with self._lock:
             self._counts[f"{service}.{operation}"] += 1
-            fault = next((f for f in self._faults if f.matches(service, operation)), None)
+            partial = (service, operation) in _SQS_BATCH_CALLS and (self._refused or any(
+                f.entry is not None and f.matches(service, operation) for f in self._faults))
+        if partial:
+            return self._partial(environ, start_response, service, operation)
+        return self._forward(environ, start_response, service, operation)
+
+    def _forward(self, environ: dict, start_response: Any, service: str, operation: str) -> Any:
+        """To moto, unless a whole-call fault is armed for this operation."""
+        with self._lock:
+            fault = next((f for f in self._faults
+                          if f.entry is None and f.matches(service, operation)), None)
             if fault is not None:
                 fault.count -= 1
                 if fault.count <= 0:
@@ -79,6 +102,55 @@ class ControlMiddleware:
         if fault is not None:
             return error_response(environ, start_response, service, fault)
         return self.app(environ, start_response)
+
+    def _partial(self, environ: dict, start_response: Any, service: str, operation: str) -> Any:
+        """An SQS batch call with some entries refused: the rest go through to moto, and the
+        refused ones are added to moto's answer under "Failed"."""
+        request = json.loads(_read_body(environ) or b"{}")
+        entries = request.get("Entries", [])
+        refused: dict[int, Fault] = {}
+        with self._lock:
+            for i, entry in enumerate(entries):
+                fault = self._refused.get(_entry_key(entry))
+                if fault is not None:
+                    refused[i] = fault
+            for fault in list(self._faults):
+                if (fault.entry is not None and fault.matches(service, operation)
+                        and fault.queue in request.get("QueueUrl", "")
+                        and fault.entry < len(entries) and fault.entry not in refused):
+                    refused[fault.entry] = fault
+                    self._refused[_entry_key(entries[fault.entry])] = fault
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        self._faults.remove(fault)
+        failed = [{"Id": entries[i]["Id"], "SenderFault": f.status < 500, "Code": f.code,
+                   "Message": f.message} for i, f in sorted(refused.items())]
+        kept = [e for i, e in enumerate(entries) if i not in refused]
+        if not failed:  # nothing to refuse in this call (_read_body put the body back)
+            return self._forward(environ, start_response, service, operation)
+        if not kept:
+            return _json(start_response, 200, {"Successful": [], "Failed": failed},
+                         "application/x-amz-json-1.0")
+        body = json.dumps({**request, "Entries": kept}).encode()
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        captured: dict = {}
+
+        def capture(status, headers, exc_info=None):
+            captured.update(status=status, headers=headers)
+            return lambda data: None
+
+        chunks = self.app(environ, capture)
+        try:
+            raw = b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()
+        if not captured["status"].startswith("200"):  # moto refused the whole call: pass it on
+            start_response(captured["status"], captured["headers"])
+            return [raw]
+        answer = json.loads(raw or b"{}")
+        answer["Failed"] = answer.get("Failed", []) + failed
+        return _json(start_response, 200, answer, "application/x-amz-json-1.0")
 
     # -- control plane -------------------------------------------------------------------
 
@@ -94,6 +166,7 @@ class ControlMiddleware:
                 return _json(start_response, 200, [asdict(f) for f in self._faults])
             if what == "faults" and method == "DELETE":
                 self._faults.clear()
+                self._refused.clear()
                 return _json(start_response, 200, {})
         if what == "capacity" and method == "GET":
             from . import jobs
@@ -326,10 +399,22 @@ _REASONS = {
 }  # fmt: skip
 
 
-def _json(start_response: Any, status: int, payload: Any) -> list[bytes]:
+def _json(start_response: Any, status: int, payload: Any,
+          content_type: str = "application/json") -> list[bytes]:
     body = json.dumps(payload, sort_keys=True).encode()
     start_response(
         f"{status} {_REASONS.get(status, 'OK')}",
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        [("Content-Type", content_type), ("Content-Length", str(len(body))),
+         ("x-amzn-RequestId", str(uuid.uuid4()))],
     )
     return [body]
+
+
+#: SQS calls whose entries succeed or fail one by one.
+_SQS_BATCH_CALLS = {("sqs", "SendMessageBatch"), ("sqs", "DeleteMessageBatch"),
+                    ("sqs", "ChangeMessageVisibilityBatch")}
+
+
+def _entry_key(entry: dict) -> str:
+    """What makes a batch entry the same entry when it is sent again: its content."""
+    return json.dumps({k: v for k, v in entry.items() if k != "Id"}, sort_keys=True)
