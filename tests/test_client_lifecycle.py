@@ -316,6 +316,55 @@ def test_another_live_sessions_dead_letter_is_hidden_briefly_and_a_forged_one_pa
     assert ours.receive(wait=0) == [] and asked == ["other"]  # parked, no liveness asked
 
 
+def test_a_dead_letter_is_parked_once_its_session_ends_on_the_emulator(make_executor,
+                                                                       monkeypatch):
+    """Real sessions on the emulator: B's watcher hides A's dead letter briefly while A lives,
+    asks again once its liveness cache expires, and parks it for good after A shut down."""
+    import batchexec.collector as collector
+    from batchexec import protocol
+
+    monkeypatch.setattr(collector, "FOREIGN_HIDE_SECONDS", 1)
+    monkeypatch.setattr(collector, "ALIVE_CACHE_SECONDS", 1.0)
+    b = make_executor(1)
+    assert b.submit(tf.square, 2).result(timeout=60) == 4
+    watcher = b._watcher
+    watcher.interval = 0.3
+    a = make_executor(1)
+    receipts = {}  # receipt -> message id, of every dead letter the watcher handed back
+    release = watcher._release
+    monkeypatch.setattr(watcher, "_release", lambda message, owner: (
+        receipts.__setitem__(message.receipt, message.message_id), release(message, owner))[1])
+    hides = []  # (message id, seconds hidden)
+    extend = watcher.queue.extend
+    monkeypatch.setattr(watcher.queue, "extend", lambda receipt, seconds: (
+        hides.append((receipts.get(receipt), seconds)), extend(receipt, seconds))[1])
+    sqs = b._clients.client("sqs")
+    sent = sqs.send_message(QueueUrl=b._session.dead_letters.url, MessageBody="{}",
+                            MessageAttributes={protocol.SESSION_ATTRIBUTE: {
+                                "DataType": "String", "StringValue": a._session_id}})
+    mine = sent["MessageId"]
+    running = b.submit(tf.slow_pid, 0, 10)  # B has work outstanding: its watcher polls
+
+    def seen() -> int:
+        return sum(1 for m, _ in hides if m == mine)
+
+    deadline = time.monotonic() + 30
+    while seen() < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen() >= 2, "A's live dead letter was not handed back and seen again"
+    assert all(s == 1 for m, s in hides if m == mine)  # A lives: hidden briefly only
+    a.shutdown(wait=True)
+    parked = (mine, collector.ENDED_HIDE_SECONDS)
+    deadline = time.monotonic() + 30
+    while parked not in hides and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert parked in hides, "A ended, but its dead letter was not parked"
+    parked_at = seen()
+    time.sleep(3)  # three cache lifetimes, ten watcher polls
+    assert seen() == parked_at  # parked: not received again
+    assert running.result(timeout=30)[0] == 0
+
+
 def test_aborted_tasks_fail_with_a_clear_error(make_executor):
     ex = make_executor(1)
     running = ex.submit(tf.slow_pid, 0, 30)
