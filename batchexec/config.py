@@ -207,3 +207,21 @@ class ExecutorOptions:
             raise ConfigurationError(
                 f"forward_output must be True or False, got {self.forward_output!r}"
             )
+
+
+def fit_max_task_seconds(requested: float, job_timeout: float, stack: str) -> float:
+    """The task limit a session of `stack` runs with: a worker takes no task it could not
+    finish before Batch's job timeout, so a limit at or above that timeout would starve
+    every task. The default limit is halved to fit a stack with a short timeout (workers then
+    take tasks in the first half of their life, and are replaced); a limit the user chose
+    that cannot fit is an error."""
+    if requested < job_timeout:
+        return requested
+    if requested == DEFAULT_MAX_TASK_SECONDS:
+        return job_timeout / 2
+    raise ConfigurationError(
+        f"max_task_seconds={requested:g} does not fit stack {stack!r}'s job timeout "
+        f"({job_timeout:g} s, its JobTimeoutSeconds parameter): no worker could take such a "
+        f"task. Pass a max_task_seconds below {job_timeout:g}, or raise JobTimeoutSeconds "
+        f"with `batchexec stack update --name {stack} --parameter JobTimeoutSeconds=...`"
+    )

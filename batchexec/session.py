@@ -28,7 +28,7 @@ import botocore.exceptions
 import cloudpickle
 
 from . import gc as gc_rules
-from .config import ExecutorOptions, SessionSettings
+from .config import ExecutorOptions, SessionSettings, fit_max_task_seconds
 from .errors import ConfigurationError
 from .protocol import script_digest
 from .serialization import digest, dumps, main_script_path
@@ -79,6 +79,8 @@ class Session:
                 f"stack name {stack.name!r} is too long to name session queues after it "
                 f"(at most {_QUEUE_NAME_LIMIT - 22} characters): deploy it under a shorter name"
             )
+        max_task_seconds = fit_max_task_seconds(options.max_task_seconds, stack.job_timeout,
+                                                stack.name)  # before anything is created
         sqs = clients.client("sqs")
         tags = {SESSION_TAG: session, STACK_TAG: stack.name,
                 HEARTBEAT_TAG: str(int(time.time()))}
@@ -142,7 +144,8 @@ class Session:
             initializer_digest=initializer_digest,
             session_key=secrets.token_hex(32),
             output_limit=options.output_limit if options.forward_output else 0,
-            max_task_seconds=options.max_task_seconds,
+            max_task_seconds=max_task_seconds,
+            job_timeout=stack.job_timeout,
             client_python=f"{sys.version_info.major}.{sys.version_info.minor}",
             client_cloudpickle=cloudpickle.__version__,
             **main,

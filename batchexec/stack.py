@@ -19,6 +19,7 @@ import botocore.parsers
 import yaml
 
 from .aws import AwsClients, connection_errors_explained, error_code
+from .config import DEFAULT_JOB_TIMEOUT
 from .errors import BatchExecError, ConfigurationError, StackNotFoundError
 
 #: The Outputs the executor reads; a stack missing any of them is not a batchexec stack.
@@ -27,6 +28,8 @@ STACK_OUTPUTS = (
     "JobQueueArn", "JobDefinitionArn", "ComputeEnvironmentArn", "LogGroupName", "RepositoryUri",
     "DefaultWorkers",
 )  # fmt: skip
+#: Outputs read when present: stacks deployed before they existed lack them.
+OPTIONAL_STACK_OUTPUTS = ("JobTimeoutSeconds",)
 #: Between the stack name and the session in session queue names. CloudFormation stack names
 #: cannot contain it, so the job role's pattern "<stack>_*" matches exactly this stack's
 #: session queues: never those of a stack whose name extends this one ("a" vs "a-b"), nor
@@ -77,6 +80,9 @@ class StackResources:
     repository_uri: str
     default_workers: int
     session_queue_prefix: str = ""
+    #: The job definition's timeout (output JobTimeoutSeconds; stacks deployed before it
+    #: existed have the template's default).
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
 
     def session_queue_names(self, session: str) -> tuple[str, str]:
         """(task queue, result queue) names of one session of this stack."""
@@ -139,9 +145,11 @@ def describe_stack(clients: AwsClients, name: str) -> StackResources:
         )
     try:
         default_workers = int(outputs["DefaultWorkers"])
-    except ValueError:
+        job_timeout = float(outputs.get("JobTimeoutSeconds", DEFAULT_JOB_TIMEOUT))
+    except ValueError as exc:
         raise ConfigurationError(
-            f"stack {name!r} output DefaultWorkers is {outputs['DefaultWorkers']!r}, not a number"
+            f"stack {name!r} has an output that is not a number ({exc}): redeploy it with "
+            f"`batchexec stack update --name {name} --wait`"
         ) from None
     return StackResources(
         name=name,
@@ -156,6 +164,7 @@ def describe_stack(clients: AwsClients, name: str) -> StackResources:
         repository_uri=outputs["RepositoryUri"],
         default_workers=default_workers,
         session_queue_prefix=outputs["SessionQueuePrefix"],
+        job_timeout=job_timeout,
     )
 
 

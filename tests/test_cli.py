@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchexec import cli
-from batchexec.stack import STACK_OUTPUTS
+from batchexec.stack import OPTIONAL_STACK_OUTPUTS, STACK_OUTPUTS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,7 +53,7 @@ def test_stack_deploy_status_outputs(endpoint):
     r = batchexec("stack", "outputs", "--name", "from-cli", "--endpoint-url", endpoint)
     assert r.returncode == 0, r.stderr
     outputs = json.loads(r.stdout)
-    assert set(outputs) == set(STACK_OUTPUTS)
+    assert set(outputs) == {*STACK_OUTPUTS, *OPTIONAL_STACK_OUTPUTS}
     assert outputs["DefaultWorkers"] == "4"
     assert outputs["JobQueueArn"].endswith(":job-queue/from-cli-queue")
 

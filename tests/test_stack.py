@@ -52,7 +52,13 @@ def template() -> dict:
 
 def test_load_template_is_the_single_source():
     assert st.load_template() == TEMPLATE.read_text()
-    assert set(template()["Outputs"]) == set(st.STACK_OUTPUTS)
+    assert set(template()["Outputs"]) == {*st.STACK_OUTPUTS, *st.OPTIONAL_STACK_OUTPUTS}
+    # The timeout clients fit their task limit to is the job definition's own (moto's
+    # CloudFormation drops a job definition's Timeout, so this is checked on the template).
+    t = template()
+    assert t["Resources"]["JobDefinition"]["Properties"]["Timeout"] == {
+        "AttemptDurationSeconds": "JobTimeoutSeconds"}
+    assert t["Outputs"]["JobTimeoutSeconds"]["Value"] == "JobTimeoutSeconds"
 
 
 def test_cfn_lint_passes():
@@ -174,10 +180,12 @@ def test_template_ships_inside_a_built_wheel(tmp_path):
 
 
 def test_deploy_and_describe_returns_every_output(clients):
-    status = st.deploy_stack(clients, "deployed", {"DefaultWorkers": 5, "ImageTag": "v7"})
+    status = st.deploy_stack(clients, "deployed", {"DefaultWorkers": 5, "ImageTag": "v7",
+                                                   "JobTimeoutSeconds": 7200})
     assert status == "CREATE_COMPLETE"
     r = st.describe_stack(clients, "deployed")
     assert (r.name, r.region, r.default_workers) == ("deployed", "us-east-1", 5)
+    assert r.job_timeout == 7200
 
     clients.client("s3").head_bucket(Bucket=r.bucket)
     assert clients.client("s3").get_bucket_encryption(Bucket=r.bucket)
@@ -263,7 +271,7 @@ def test_deploying_an_existing_stack_without_changes_is_a_no_op(clients, emulato
 
 def test_stack_outputs_lists_all_outputs(clients, emulator):
     outputs = st.stack_outputs(clients, emulator.stack_name)
-    assert set(outputs) == set(st.STACK_OUTPUTS)
+    assert set(outputs) == {*st.STACK_OUTPUTS, *st.OPTIONAL_STACK_OUTPUTS}
     assert outputs["DefaultWorkers"] == str(os.cpu_count())
 
 
@@ -500,3 +508,28 @@ def test_session_queue_security_settings_are_accepted_by_sqs(clients):
     policy = json.loads(attrs["Policy"])
     assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     sqs.delete_queue(QueueUrl=url)
+
+
+def test_sessions_fit_their_task_limit_to_the_stacks_job_timeout(clients, emulator,
+                                                                  monkeypatch):
+    """Workers take no task they could not finish before Batch's job timeout: the client reads
+    the timeout from the stack and fits max_task_seconds to it, or says what to change."""
+    from batchexec import BatchExecutor
+    from batchexec.config import DEFAULT_MAX_TASK_SECONDS
+
+    for var in ("BATCHEXEC_STACK", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    st.deploy_stack(clients, "short-jobs", {"JobTimeoutSeconds": 3600})
+    with BatchExecutor(1, stack="short-jobs", endpoint_url=emulator.endpoint_url) as ex:
+        settings = ex._session.settings
+        assert settings.job_timeout == 3600
+        assert settings.max_task_seconds == 1800 < DEFAULT_MAX_TASK_SECONDS  # the default, halved
+    with BatchExecutor(1, stack="short-jobs", endpoint_url=emulator.endpoint_url,
+                       max_task_seconds=600) as ex:
+        assert ex._session.settings.max_task_seconds == 600  # fits: kept
+    with pytest.raises(ConfigurationError, match=r"JobTimeoutSeconds.*stack update") as info:
+        BatchExecutor(1, stack="short-jobs", endpoint_url=emulator.endpoint_url,
+                      max_task_seconds=7200)
+    assert "below 3600" in str(info.value)
+    queues = clients.client("sqs").list_queues(QueueNamePrefix="short-jobs_").get("QueueUrls", [])
+    assert queues == []  # refused before any session queue was made
