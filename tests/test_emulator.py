@@ -548,6 +548,34 @@ def test_moto_internals_we_patch_still_exist():
     assert (5, 1) <= (major, minor) < (5, 3), "moto outside the range setup.cfg pins"
 
 
+def test_the_speedups_leave_moto_answers_unchanged():
+    """speedups.py replaces moto internals to save CPU; the answers must stay moto's."""
+    code = textwrap.dedent("""
+        import hashlib
+        from moto.core.responses import BaseResponse
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+        from moto.sqs.models import Message, SQSBackend
+        assert callable(DomainDispatcherApplication.get_backend_for_host)
+        assert callable(SQSBackend.is_message_valid_based_on_retention_period)
+        assert isinstance(Message.body_md5, property)
+        from batchexec.emulator import speedups
+        speedups.install()
+        m = Message("id", "h\u00e9llo")
+        assert m.body_md5 == hashlib.md5("h\u00e9llo".encode()).hexdigest() == m.body_md5
+        m.body = "changed"  # never done by moto, but a cache must not hide it
+        assert m.body_md5 == hashlib.md5(b"changed").hexdigest()
+        headers, body = BaseResponse._enrich_response({"status": 200},
+                                                      "<R><RequestId>old</RequestId></R>")
+        assert body == f"<R><RequestId>{headers['x-amzn-requestid']}</RequestId></R>"
+        assert headers["status"] == "200"
+        headers, body = BaseResponse._enrich_response({"status": 200}, '{"Messages": []}')
+        assert body == '{"Messages": []}' and len(headers["x-amzn-requestid"]) == 52
+        assert headers["status"] == "200"
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
 CLIENT = textwrap.dedent("""
     import sys, time
     from batchexec.emulator import EmbeddedEmulator
