@@ -176,7 +176,8 @@ class OutputCapture:
                 if cur is task:
                     self._flush_partial_locked(stream)
                     self._current[stream] = None
-            self._gap = _TaskOutput(None)
+            if self._gap.tail:  # a fresh budget for what comes between this task and the next
+                self._gap = _TaskOutput(None)
             return _joined(task.tail)
 
     # -- bytes to lines -----------------------------------------------------------------
