@@ -5,13 +5,17 @@
       ├─ another protocol version?            report "protocol_mismatch", dead-letter it
       ├─ redelivered pack of several tasks?   split it into one message per task, delete it
       ├─ single task past max_attempts?       forward it to the dead-letter queue, delete it
-      └─ otherwise, while the heartbeat keeps the message invisible, for each task:
+      └─ otherwise, while the heartbeat keeps the message invisible, for each task, in
+         order, up to PIPELINE_DEPTH of them in the runner at a time (_run_pack):
            ├─ too close to SQS's 12 h or to the job timeout to start it? hand the rest back
-           │  as a new message, stop here
-           ├─ download a large payload (raw bytes), give the call to the runner, wait:
-           │    replied          → result (and the task's output) to the outbox: sent ≤ 0.2 s
-           │    runner died      → replaced at once; the task is charged one attempt and
-           │                       retried, failing with TaskCrashedError at max_attempts
+           │  as a new message, stop here (checked here before sending to an idle runner,
+           │  and by the runner, through not_after, before starting a task queued there)
+           ├─ download a large payload (raw bytes), send the call to the runner; replies:
+           │    result           → result (and the task's output) to the outbox: sent ≤ 0.2 s
+           │    runner died      → replaced at once; the running task (the oldest one
+           │                       unanswered) is charged one attempt and retried, failing
+           │                       with TaskCrashedError at max_attempts; the tasks queued
+           │                       behind it never started: sent again, uncharged
            │    max_task_seconds → runner replaced, task fails with TaskTimeoutError
            └─ then: outbox flushed (results durable), task message deleted
 
@@ -373,12 +377,11 @@ class Supervisor:
             timeout = started + self.settings.max_task_seconds - time.monotonic()
             replies, ended = runner.wait(timeout)
             for reply in replies:
-                task = sent.popleft()
-                self.capture.finish(task.seq)
-                if reply.seq != task.seq:  # the channel is garbled: the runner is not trusted
-                    sent.appendleft(task)
+                if reply.seq != sent[0].seq:  # the channel is garbled: the runner is not trusted
                     ended = runner._crashed()
                     break
+                task = sent.popleft()
+                self.capture.finish(task.seq)
                 last_reply_at = time.monotonic()
                 if isinstance(reply, Skipped):
                     skipped.append(task)
