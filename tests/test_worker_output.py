@@ -63,3 +63,81 @@ def test_collector_prints_output_ignores_started_and_breaks_on_mismatches():
     feed(WorkerEvent("s", "w", WorkerEvent.PROTOCOL_MISMATCH, message="versions 1 and 2"))
     assert [type(e) for e in broken] == [WorkersUnavailableError, ProtocolError]
     assert "build with 3.12" in str(broken[0]) and "versions 1 and 2" in str(broken[1])
+
+
+# -- OutputCapture: attribution by the runner's boundary marks (real pipes, no runner) ---------
+
+import os  # noqa: E402
+
+from batchexec.worker.capture import MAX_LINE_BYTES, OutputCapture, boundary_mark  # noqa: E402
+
+
+def _capture():
+    lines = []
+    cap = OutputCapture(1 << 20, lines.append, echo=False)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    cap.attach(out_r, err_r, "tok")
+    return cap, lines, out_w, err_w
+
+
+def _mark(seq):
+    return boundary_mark("tok", seq)
+
+
+def test_marks_attribute_output_read_long_after_it_was_written():
+    cap, lines, out, err = _capture()
+    try:
+        cap.expect(1, "a")
+        cap.expect(2, "b")
+        # Everything written before any of it is read, as with tasks queued in the runner.
+        os.write(out, b"before\n" + _mark(1) + b"a1\na2 no newline" + _mark(2) + b"b1\n")
+        os.write(err, _mark(1) + b"a err\n" + _mark(2))
+        assert cap.finish(1) == "a1\na2 no newline\na err\n"  # its tail, for crash reports
+        assert cap.finish(2) == "b1\n"
+        os.write(out, b"after\n")
+    finally:
+        cap.detach()
+        os.close(out)
+        os.close(err)
+    got = [(ln.task_id, ln.stream, ln.text) for ln in lines]
+    assert got == [(None, "stdout", "before"), ("a", "stdout", "a1"),
+                   ("a", "stdout", "a2 no newline"), ("b", "stdout", "b1"),
+                   ("a", "stderr", "a err"), (None, "stdout", "after")]
+
+
+def test_a_mark_split_across_reads_and_long_lines_is_still_found():
+    cap, lines, out, err = _capture()
+    try:
+        cap.expect(7, "x")
+        mark = _mark(7)
+        long = b"y" * (MAX_LINE_BYTES * 2 + 10)
+        os.write(out, long + mark[:5])
+        cap.finish(6)  # a read in between: the mark is half in
+        os.write(out, mark[5:] + b"x says\n")
+        tail = cap.finish(7)
+    finally:
+        cap.detach()
+        os.close(out)
+        os.close(err)
+    assert tail == "x says\n"
+    assert [ln.task_id for ln in lines[:-1]] == [None] * (len(lines) - 1)
+    assert (lines[-1].task_id, lines[-1].text) == ("x", "x says")
+    assert "".join(ln.text for ln in lines[:-1]).encode() == long
+    assert not any("batchexec" in ln.text for ln in lines)
+
+
+def test_a_task_that_lost_its_marks_still_ends_with_its_result():
+    cap, lines, out, err = _capture()
+    try:
+        cap.expect(1, "a")
+        os.write(out, _mark(1) + b"a writes")
+        assert cap.finish(1) == "a writes\n"  # its result came: the partial line is its last
+        os.write(out, b"then a leaked thread\n")
+        cap.finish(2)  # a task whose marks never came (it closed fd 1 and fd 2)
+    finally:
+        cap.detach()
+        os.close(out)
+        os.close(err)
+    assert [(ln.task_id, ln.text) for ln in lines] == [("a", "a writes"),
+                                                        (None, "then a leaked thread")]

@@ -292,3 +292,86 @@ def test_an_old_worker_takes_no_new_task_and_exits_0(direct, tmp_path):
     assert wf.runs(log, "b") == []  # nobody took it: the client would launch a new worker
     direct.start(1)
     assert direct.wait_results([b])[b] == (True, "b")
+
+
+# -- a pack pipelined into the runner ----------------------------------------------------------
+# The supervisor sends up to PIPELINE_DEPTH tasks of a message to the runner before the first
+# result is back; output is attributed by the marks the runner writes, crashes and timeouts
+# by the runner's order. These packs are larger than the depth, so tasks were queued behind.
+
+
+def output_lines(direct) -> list:
+    return [ln for m in direct.messages if isinstance(m, protocol.OutputMessage)
+            for ln in m.lines]
+
+
+def test_pipelined_output_lands_under_its_task_in_order_and_the_initializers_under_none(
+        direct, tmp_path):
+    key = f"sessions/{direct.session}/init"
+    initializer = cloudpickle.dumps((print, ("the initializer speaks",)))
+    direct.clients.client("s3").put_object(Bucket=direct.stack.bucket, Key=key,
+                                           Body=initializer)
+    direct.start(1, initializer_key=key, initializer_digest=digest(initializer))
+    names = [f"t{i}" for i in range(20)]
+    ids = direct.send(*[call(wf.chatty, name, 3) for name in names])
+    got = direct.wait_results(ids)
+    assert [got[i] for i in ids] == [(True, name) for name in names]
+    direct.poll(lambda s: any(ln.task_id is None for ln in output_lines(s)))
+    lines = output_lines(direct)
+    assert [(ln.stream, ln.text) for ln in lines if ln.task_id is None] == [
+        ("stdout", "the initializer speaks")]
+    for task_id, name in zip(ids, names, strict=True):
+        mine = [(ln.stream, ln.text) for ln in lines if ln.task_id == task_id]
+        # Everything the task wrote, by every path, and nothing of any other task.
+        assert sorted(mine) == sorted([("stdout", f"task {name} line {i}") for i in range(3)] + [
+            ("stderr", f"task {name} to stderr"), ("stderr", f"task {name} via logging"),
+            ("stdout", f"task {name} via fd 1"), ("stdout", f"task {name} via printf"),
+            ("stdout", f"task {name} without newline")]), (name, mine)
+        stdout = [text for stream, text in mine if stream == "stdout"]
+        assert stdout.index(f"task {name} line 0") < stdout.index(f"task {name} line 1") < (
+            stdout.index(f"task {name} line 2"))
+    # A task's output is sent before its result.
+    sent_at = {}
+    for n, msg in enumerate(direct.messages):
+        if isinstance(msg, protocol.OutputMessage):
+            for ln in msg.lines:
+                sent_at.setdefault(("line", ln.task_id), []).append(n)
+        elif isinstance(msg, ResultMessage):
+            for e in msg.results:
+                sent_at[("result", e.task_id)] = [n]
+    assert all(max(sent_at[("line", i)]) <= sent_at[("result", i)][0] for i in ids)
+    assert "batchexec-" not in direct.log()  # the marks never reach the worker's log
+
+
+def test_a_crash_in_a_pipelined_pack_charges_only_the_running_task(direct, tmp_path):
+    log = str(tmp_path)
+    (worker,) = direct.start(1, max_attempts=1)
+    calls = [call(wf.record, f"r{i}", log) for i in range(12)]
+    calls[3] = call(wf.exit_hard, "r3", log, 5)
+    ids = direct.send(*calls)
+    got = direct.wait_results(ids)
+    ok, err = got[ids[3]]
+    assert not ok and isinstance(err, TaskCrashedError) and err.attempts == 1
+    assert "task r3 is about to exit with status 5" in err.output_tail
+    # With max_attempts=1 a pack-mate charged for the crash would have failed: each of them
+    # ran exactly once, the ones queued behind r3 in a fresh runner.
+    assert all(got[ids[i]] == (True, f"r{i}") for i in range(12) if i != 3)
+    assert all(len(wf.runs(log, f"r{i}")) == 1 for i in range(12))
+    first, after = wf.runs(log, "r0")[0], wf.runs(log, "r4")[0]
+    assert wf.runs(log, "r3") == [first] and after != first
+    assert worker.poll() is None
+    assert all(len(v) == 1 for v in direct.results_by_id().values())
+
+
+def test_a_timeout_in_a_pipelined_pack_fails_only_the_running_task(direct, tmp_path):
+    log = str(tmp_path)
+    direct.start(1, max_task_seconds=2)
+    ids = direct.send(call(wf.record, "a", log), call(wf.pid_then_sleep, "long", log, 60),
+                      *[call(wf.record, f"q{i}", log) for i in range(10)])
+    got = direct.wait_results(ids, timeout=60)
+    ok, err = got[ids[1]]
+    assert not ok and isinstance(err, TaskTimeoutError) and "max_task_seconds=2" in str(err)
+    assert got[ids[0]] == (True, "a")
+    assert all(got[ids[2 + i]] == (True, f"q{i}") for i in range(10))
+    assert all(len(wf.runs(log, f"q{i}")) == 1 for i in range(10))  # queued, not charged
+    assert wf.runs(log, "q0") != wf.runs(log, "long")  # in the fresh runner

@@ -579,3 +579,29 @@ def test_an_initializer_changed_in_s3_is_not_run(worker, tmp_path):
                 and m.event == WorkerEvent.INITIALIZER_FAILED]
     assert "does not match the digest" in str(loads(event.error, "error").rebuild())
     assert not marker.exists()
+
+
+def _by_value(source: str, name: str):
+    """A function cloudpickle sends by value (its module is not importable anywhere)."""
+    namespace = {"__name__": "batchexec_tests_by_value"}
+    exec(source, namespace)
+    return namespace[name]
+
+
+def test_a_task_handed_back_after_crashing_its_runner_keeps_that_attempt(worker, tmp_path):
+    """b crashes its runner late in the worker's life; c was queued behind it (pipelined).
+    Too old to retry b, the worker hands both back: c uncharged, b charged its crash."""
+    crash_late = _by_value("def crash_late(x):\n    import os, time\n    time.sleep(1.5)\n"
+                           "    os._exit(3)\n", "crash_late")
+    log = str(tmp_path)
+    code, sup, tasks, results, _ = worker(
+        [message(call(crash_late, "b"), call(wf.record, "c", log))],
+        max_task_seconds=2, job_timeout=3.5, idle_timeout=30, max_attempts=3)
+    assert code == 0 and sup.retiring
+    assert not [m for m in results.decoded() if isinstance(m, ResultMessage)]
+    handed_back = {m.tasks[0].task_id: m for m in tasks.decoded()}
+    assert sorted(handed_back) == ["0", "1"]
+    assert [len(m.tasks) for m in handed_back.values()] == [1, 1]
+    assert handed_back["0"].prior_attempts == 1  # b: its crash here counts
+    assert handed_back["1"].prior_attempts == 0  # c: queued behind b, never started
+    assert wf.runs(log, "c") == [] and tasks.deleted == ["r1"]

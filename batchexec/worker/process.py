@@ -7,10 +7,17 @@ supervisor) in its own process group, with
 - its fd 1 and fd 2 on pipes that OutputCapture reads;
 - PR_SET_PDEATHSIG (set by the runner itself), so a SIGKILLed supervisor takes it along.
 
+Tasks are pipelined: ``send_task`` hands the runner a task while earlier ones are still
+running, and ``wait`` returns the replies that have come back, in the order the tasks were
+sent. Only a task whose frame fits the socket's buffer beside the others waiting is sent
+ahead (``fits_ahead``), so a send never blocks while the runner is busy: the supervisor stays
+free to see a death or enforce a timeout.
+
 Waiting for a reply watches both the channel and the process itself (a pidfd, else a short
 poll): a runner that dies is seen at once, whatever killed it, while one that merely stalls
-(holds the GIL, is SIGSTOPped) is just slow. Stopping a runner kills its whole process group,
-so threads and child processes a task left behind go with it.
+(holds the GIL, is SIGSTOPped) is just slow. Replies it sent before dying are read first.
+Stopping a runner kills its whole process group, so threads and child processes a task left
+behind go with it.
 
 PR_SET_PDEATHSIG fires when the *thread* that started the child ends: start runners only from
 the supervisor's main thread.
@@ -19,30 +26,44 @@ the supervisor's main thread.
 from __future__ import annotations
 
 import os
+import secrets
 import selectors
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 
 from . import channel
 from .capture import OutputCapture
+from .channel import Channel
 
 #: Without a pidfd (not Linux >= 5.3), how often a waiting supervisor checks the process.
 POLL_SECONDS = 0.5
+#: The control socket's send buffer asked for: tasks sent ahead wait in it (a 100 KB
+#: argument pipelines too where the kernel allows it; it caps the figure at wmem_max).
+SEND_BUFFER_BYTES = 1 << 20
 
 
 @dataclass
 class Finished:
     """The runner replied: ``ok`` with ``data`` the pickled value, else the pickled
-    RemoteException. ``seconds``: the call's run time, measured by the runner."""
+    RemoteException. ``seconds``: the call's run time, measured by the runner; ``seq``:
+    which task (the runner's sequence number)."""
 
     ok: bool
     data: bytes
     seconds: float = 0.0
+    seq: int = -1
+
+
+@dataclass
+class Skipped:
+    """The runner picked task ``seq`` up after its ``not_after`` time and did not run it."""
+
+    seq: int
 
 
 @dataclass
@@ -61,14 +82,21 @@ class TimedOut:
 
 
 Outcome = Finished | Crashed | TimedOut
+Reply = Finished | Skipped
 
 
 class RunnerProcess:
-    def __init__(self, proc: subprocess.Popen, conn: Connection, capture: OutputCapture):
+    def __init__(self, proc: subprocess.Popen, conn: Channel, capture: OutputCapture,
+                 send_buffer: int = 0):  # fmt: skip
         self.proc = proc
         self.conn = conn
         self.capture = capture
         self.pid = proc.pid
+        # Frames sent ahead stay under half the socket's send buffer (the kernel's own
+        # bookkeeping takes a share of it), so sending them never blocks.
+        self.ahead_limit = send_buffer // 2
+        self._unanswered: deque[int] = deque()  # frame sizes of tasks sent, not replied
+        self._outgoing: list[bytes] = []  # frames of tasks sent, not yet written
         try:
             self._pidfd: int | None = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
@@ -83,12 +111,16 @@ class RunnerProcess:
     @classmethod
     def start(cls, capture: OutputCapture) -> RunnerProcess:
         ours, theirs = socket.socketpair()
+        # Room for tasks sent ahead (capped by the kernel's net.core.wmem_max).
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        send_buffer = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        token = secrets.token_hex(8)  # boundary marks no task prints by chance
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "batchexec.worker.runner", str(theirs.fileno()),
-                 str(os.getpid())],
+                 str(os.getpid()), token],
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
@@ -106,9 +138,8 @@ class RunnerProcess:
             theirs.close()
         os.close(out_w)
         os.close(err_w)
-        capture.attach(out_r, err_r)
-        conn = Connection(ours.detach())
-        return cls(proc, conn, capture)
+        capture.attach(out_r, err_r, token)
+        return cls(proc, Channel(ours), capture, send_buffer)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -118,40 +149,115 @@ class RunnerProcess:
         return self._request("init", {"main_path": main_path}, (source, initializer),
                              "ready", timeout)  # fmt: skip
 
-    def run(self, task_id: str, digest: str | None, fn: bytes, args: bytes,
-            timeout: float, blobs: dict[str, bytes] | None = None) -> Outcome:  # fmt: skip
-        """Run one task. ``blobs`` maps the digests of the large buffers its arguments refer
-        to onto their pickled bytes; an empty value means this runner has it already."""
+    @property
+    def waiting(self) -> int:
+        """Tasks sent whose reply has not been read."""
+        return len(self._unanswered)
+
+    def fits_ahead(self, size: int) -> bool:
+        """May a task frame of ``size`` bytes be sent now without blocking, with the
+        others still unanswered? (An idle runner is reading: anything may be sent then.)"""
+        return not self._unanswered or sum(self._unanswered) + size <= self.ahead_limit
+
+    def send_task(self, seq: int, task_id: str, digest: str | None, fn: bytes, args: bytes,
+                  blobs: dict[str, bytes] | None = None,
+                  not_after: float | None = None) -> None:  # fmt: skip
+        """Queue one task behind those sent before (written by the next ``flush``, so that
+        tasks sent together cost one write). ``blobs`` maps the digests of the large buffers
+        its arguments refer to onto their pickled bytes; ``not_after``: the time.monotonic()
+        after which the runner must not start it (it replies Skipped)."""
         blobs = blobs or {}
-        return self._request("task", {"id": task_id, "digest": digest, "blobs": list(blobs)},
-                             (fn, args, *blobs.values()), "result", timeout)  # fmt: skip
+        head = {"id": task_id, "seq": seq, "digest": digest, "blobs": list(blobs),
+                "not_after": not_after}  # fmt: skip
+        pieces = channel.frame("task", head, fn, args, *blobs.values())
+        self._unanswered.append(sum(map(len, pieces)))
+        self._outgoing += pieces
+
+    def flush(self) -> None:
+        """Write the tasks queued by send_task. A runner that is gone is not reported here
+        but by the next ``wait``."""
+        pieces, self._outgoing = self._outgoing, []
+        if pieces:
+            try:
+                self.conn.send_frames(pieces)
+            except OSError:
+                pass
+
+    def wait(self, timeout: float) -> tuple[list[Reply], Crashed | TimedOut | None]:
+        """The replies to tasks sent, as soon as there is at least one (all that have
+        arrived), and how the runner ended if it did: Crashed (dead, or broke the channel;
+        the replies it sent first are still returned) or TimedOut (nothing within timeout
+        seconds; the caller stops it)."""
+        self.flush()
+        frames, ended = self._frames(timeout)
+        replies: list[Reply] = []
+        for kind, fields, data in frames:
+            try:
+                seq = int(fields["seq"])
+                if kind == "result":
+                    replies.append(Finished(bool(fields.get("ok")), data[0] if data else b"",
+                                            float(fields.get("seconds", 0.0)), seq))  # fmt: skip
+                elif kind == "skipped":
+                    replies.append(Skipped(seq))
+                else:
+                    raise ValueError(kind)
+            except (KeyError, TypeError, ValueError, IndexError):
+                return replies, ended or self._crashed()
+            if self._unanswered:
+                self._unanswered.popleft()
+        return replies, ended
+
+    def _frames(self, timeout: float) -> tuple[list, Crashed | TimedOut | None]:
+        """Every whole frame from the runner, as soon as there is one; with how the runner
+        ended, if it did (what it sent before dying is still returned)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frames, broken = self._whole_frames()
+            if broken:
+                return frames, self._crashed()
+            if frames:
+                return frames, None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return [], TimedOut(timeout)
+            events = self._selector.select(left if self._pidfd is not None
+                                           else min(left, POLL_SECONDS))  # fmt: skip
+            ready = [key.fileobj for key, _ in events]
+            if self.conn in ready:
+                if self.conn.read_available() >= 0:
+                    continue
+            elif not ready and not self._exited():
+                continue
+            # Dead (or closed the channel): a reply sent just before dying is still a reply.
+            while self.conn.read_available() > 0:
+                pass
+            frames, _ = self._whole_frames()
+            return frames, self._crashed()
+
+    def _whole_frames(self) -> tuple[list, bool]:
+        """The frames already buffered whole; True when the channel holds garbage."""
+        frames = []
+        try:
+            while self.conn.complete():
+                frames.append(self.conn.recv())
+        except channel.ChannelError:
+            return frames, True
+        return frames, False
 
     def _request(self, kind: str, head: dict, blobs: tuple, reply: str,
                  timeout: float) -> Outcome:  # fmt: skip
         try:
-            channel.send(self.conn, kind, head, *blobs)
+            self.conn.send(kind, head, *blobs)
         except OSError:
             return self._crashed()
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return TimedOut(timeout)
-            events = self._selector.select(left if self._pidfd is not None
-                                           else min(left, POLL_SECONDS))  # fmt: skip
-            ready = [key.fileobj for key, _ in events]
-            # A reply sent just before dying is still a reply: read the channel first.
-            if self.conn in ready or (ready and self.conn.poll(0)):
-                try:
-                    got, fields, data = channel.recv(self.conn)
-                except channel.ChannelError:
-                    return self._crashed()
-                if got != reply:
-                    return self._crashed()
-                return Finished(bool(fields.get("ok")), data[0] if data else b"",
-                                float(fields.get("seconds", 0.0)))  # fmt: skip
-            if ready or self._exited():
+        frames, ended = self._frames(timeout)
+        if frames:
+            got, fields, data = frames[0]
+            if got != reply:
                 return self._crashed()
+            return Finished(bool(fields.get("ok")), data[0] if data else b"",
+                            float(fields.get("seconds", 0.0)))  # fmt: skip
+        return ended or self._crashed()
 
     def _exited(self) -> bool:
         """Has the runner exited? Without reaping it, so its pid stays its group's id."""

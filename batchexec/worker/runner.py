@@ -1,6 +1,6 @@
 """The runner: the worker's child process that runs user code, started once and reused.
 
-    python -m batchexec.worker.runner <control fd> <supervisor pid>
+    python -m batchexec.worker.runner <control fd> <supervisor pid> <mark token>
 
 Started fresh by the supervisor (never forked from it: a forked process would inherit
 threads and OpenCL contexts in an undefined state), in its own process group, with fd 1 and
@@ -10,8 +10,17 @@ become the running task's output). It then serves the control channel (see chann
     "init"  import the client's script as __mp_main__ (mainmodule.py), run the initializer
             → "ready" {ok} (+ the pickled exception when either raised)
     "task"  unpickle the callable (cached by digest) and the arguments, call, pickle the
-            return value or the exception → "result" {id, ok, seconds}
+            return value or the exception → "result" {id, seq, ok, seconds}; or, when it
+            is picked up after its ``not_after`` time, do nothing → "skipped" {id, seq}
     EOF     the supervisor is done with us: exit
+
+Tasks are served in the order they were sent, and the supervisor sends the next ones of a
+pack before this one's result is back, so they wait in the channel, not in the supervisor:
+the runner never waits for a round trip. Whether a waiting task may still start is decided
+here, when it does (``not_after``: the supervisor's deadline for starting any task of the
+message, on the machine-wide monotonic clock). Each task's output starts with a boundary
+mark in fd 1 and fd 2 (capture.py) and ends, flushed, before its result is sent, so the
+supervisor attributes every byte to the task that wrote it however far it reads behind.
 
 Everything here may be broken by the user's code (a segfault, os._exit, a held GIL, a thread
 that never ends): the supervisor watches this process from outside and survives all of it.
@@ -23,16 +32,18 @@ import ctypes
 import faulthandler
 import os
 import signal
+import socket
 import sys
 import time
 from collections import OrderedDict
-from multiprocessing.connection import Connection
 
 import cloudpickle
 
 from ..errors import SerializationError
 from ..serialization import PICKLE_PROTOCOL, BlobTable, describe, dumps_exception, loads
 from . import channel
+from .capture import boundary_mark
+from .channel import Channel
 from .mainmodule import load_main
 
 #: Distinct callables kept unpickled (a map sends the same callable with every pack).
@@ -75,16 +86,27 @@ def flush_output() -> None:
         _fflush(None)
 
 
+def write_mark(mark: bytes) -> None:
+    """Write a boundary mark to fd 1 and fd 2 (one write each: atomic in a pipe). A task
+    that closed or redirected them loses its marks; the supervisor copes (capture.py)."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, mark)
+        except OSError:
+            pass
+
+
 class Runner:
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Channel, token: str = ""):
         self.conn = conn
+        self.token = token
         self.functions: OrderedDict[str, object] = OrderedDict()
         self.blobs = BlobTable()
 
     def serve(self) -> None:
         while True:
             try:
-                kind, head, blobs = channel.recv(self.conn)
+                kind, head, blobs = self.conn.recv()
             except channel.ChannelError:
                 return
             if kind == "init":
@@ -104,23 +126,30 @@ class Runner:
                 fn(*initargs)
         except BaseException as exc:  # noqa: BLE001 - any failure is reported, then we exit
             flush_output()
-            channel.send(self.conn, "ready", {"ok": False}, dumps_exception(exc))
+            self.conn.send("ready", {"ok": False}, dumps_exception(exc))
             return
         flush_output()
-        channel.send(self.conn, "ready", {"ok": True})
+        self.conn.send("ready", {"ok": True})
 
     def _task(self, head: dict, blobs: list[bytes]) -> None:
-        task_id = head["id"]
+        task_id, seq = head["id"], head["seq"]
+        not_after = head.get("not_after")
+        if not_after is not None and time.monotonic() > not_after:
+            self.conn.send("skipped", {"id": task_id, "seq": seq})
+            return
         fn_bytes, args_bytes, *shared = blobs
         for key, data in zip(head.get("blobs", ()), shared, strict=True):
             if data:
                 self.blobs.add(key, data)
+        flush_output()  # what a leaked thread wrote goes before the mark: between tasks
+        write_mark(boundary_mark(self.token, seq))
         started = time.perf_counter()
         ok, data = self._call(task_id, head.get("digest"), fn_bytes, args_bytes)
         seconds = time.perf_counter() - started
         self.blobs.clear_pending()
-        flush_output()
-        channel.send(self.conn, "result", {"id": task_id, "ok": ok, "seconds": seconds}, data)
+        flush_output()  # all the task wrote is in the pipes before its result is sent
+        self.conn.send("result", {"id": task_id, "seq": seq, "ok": ok,
+                                           "seconds": seconds}, data)  # fmt: skip
 
     def _call(self, task_id: str, digest: str | None, fn_bytes: bytes, args_bytes: bytes):
         try:
@@ -157,7 +186,7 @@ class Runner:
 
 
 def main(argv: list[str]) -> None:
-    fd, parent = int(argv[0]), int(argv[1])
+    fd, parent, token = int(argv[0]), int(argv[1]), argv[2]
     die_with_parent(parent)
     faulthandler.enable()  # a segfault prints the Python stack: it lands in the output tail
     # Line-buffered like a terminal, so output streams out while a long task runs.
@@ -166,8 +195,8 @@ def main(argv: list[str]) -> None:
             stream.reconfigure(line_buffering=True)
         except (AttributeError, ValueError):
             pass
-    conn = Connection(fd)
-    Runner(conn).serve()
+    conn = Channel(socket.socket(fileno=fd))
+    Runner(conn, token).serve()
     flush_output()
     # Threads the tasks left behind must not keep this process alive once the supervisor
     # is done with it (it kills our process group anyway; this is the quick way out).

@@ -5,13 +5,17 @@
       ├─ another protocol version?            report "protocol_mismatch", dead-letter it
       ├─ redelivered pack of several tasks?   split it into one message per task, delete it
       ├─ single task past max_attempts?       forward it to the dead-letter queue, delete it
-      └─ otherwise, while the heartbeat keeps the message invisible, for each task:
+      └─ otherwise, while the heartbeat keeps the message invisible, for each task, in
+         order, up to PIPELINE_DEPTH of them in the runner at a time (_run_pack):
            ├─ too close to SQS's 12 h or to the job timeout to start it? hand the rest back
-           │  as a new message, stop here
-           ├─ download a large payload (raw bytes), give the call to the runner, wait:
-           │    replied          → result (and the task's output) to the outbox: sent ≤ 0.2 s
-           │    runner died      → replaced at once; the task is charged one attempt and
-           │                       retried, failing with TaskCrashedError at max_attempts
+           │  as a new message, stop here (checked here before sending to an idle runner,
+           │  and by the runner, through not_after, before starting a task queued there)
+           ├─ download a large payload (raw bytes), send the call to the runner; replies:
+           │    result           → result (and the task's output) to the outbox: sent ≤ 0.2 s
+           │    runner died      → replaced at once; the running task (the oldest one
+           │                       unanswered) is charged one attempt and retried, failing
+           │                       with TaskCrashedError at max_attempts; the tasks queued
+           │                       behind it never started: sent again, uncharged
            │    max_task_seconds → runner replaced, task fails with TaskTimeoutError
            └─ then: outbox flushed (results durable), task message deleted
 
@@ -35,6 +39,8 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
+from dataclasses import dataclass
 
 import cloudpickle
 
@@ -54,7 +60,7 @@ from ..transport import MessageQueue, PayloadStore, QueueGone, Received, Transpo
 from .capture import OutputCapture
 from .heartbeat import Heartbeat
 from .outbox import Outbox
-from .process import Crashed, Finished, RunnerProcess, TimedOut
+from .process import Crashed, Finished, RunnerProcess, Skipped, TimedOut
 
 log = logging.getLogger("batchexec.worker")
 
@@ -66,6 +72,25 @@ MAX_RECEIVE_FAILURES = 5
 HAND_BACK_MARGIN_SECONDS = 60
 #: Content-addressed objects (large callables and buffers) kept after download, in bytes.
 DOWNLOAD_CACHE_BYTES = 512 * 2**20
+#: Tasks of one message in the runner at a time: the one running and the next ones, queued
+#: in its channel so that it starts each as soon as the last is done instead of waiting for
+#: the supervisor (a round trip costs more than a no-op task). It is topped up once half of
+#: them are back, so tasks go out several to a write and wake the runner once. More buys
+#: nothing once the runner never waits; each costs a payload held early (and frames are
+#: only sent ahead while they fit the socket's buffer, see RunnerProcess.fits_ahead).
+PIPELINE_DEPTH = 8
+
+
+@dataclass
+class _Pending:
+    """One task of the message being worked on: its payload once fetched, its place in the
+    runner's order once sent, and how often it crashed a runner in this delivery."""
+
+    entry: TaskEntry
+    payload: tuple | None = None
+    seq: int = 0
+    sent_at: float = 0.0
+    crashes: int = 0
 
 
 def python_version() -> str:
@@ -120,6 +145,7 @@ class Supervisor:
         self.tasks_run = 0
         self.runners_started = 0
         self._init_blobs: tuple[bytes, bytes] | None = None
+        self._seq = 0  # numbers the tasks sent to runners (boundary marks name them)
         self._downloads: dict[str, bytes] = {}  # content-addressed S3 objects, oldest first
 
     # -- life cycle ------------------------------------------------------------------------
@@ -263,11 +289,7 @@ class Supervisor:
         charged = attempts - 1  # attempts of these tasks that ended before this delivery
         self.heartbeat.hold(message.receipt, received_at)
         try:
-            for i, entry in enumerate(msg.tasks):
-                if self._must_hand_back(received_at):
-                    self._hand_back(msg, msg.tasks[i:], charged)
-                    break
-                self.outbox.add_result(self._run_task(msg, entry, charged))
+            self._run_pack(msg, charged, received_at)
             self.outbox.flush()  # every result durable before the message goes
         finally:
             self.heartbeat.hold(None)
@@ -288,53 +310,133 @@ class Supervisor:
             return True
         return False
 
-    def _hand_back(self, msg: TaskMessage, entries: list[TaskEntry], charged: int) -> None:
-        """Put tasks not started back on the queue as a new message (before the original is
-        deleted: at least once), not charged for this delivery."""
-        log.info("handing %d task(s) back to the queue for another worker", len(entries))
-        wanted = {e.fn for e in entries} | {b for e in entries for b in e.blobs}
-        fns = {k: v for k, v in msg.fns.items() if k in wanted}
-        refs = {k: v for k, v in msg.refs.items() if k in wanted}
-        body = TaskMessage(msg.session, entries, fns, charged, refs).encode()
-        self.tasks.send([body], self.settings.session)
+    def _hand_back(self, msg: TaskMessage, tasks: list[_Pending], charged: int) -> None:
+        """Put tasks not started back on the queue as new messages (before the original is
+        deleted: at least once), not charged for this delivery; a task that crashed its
+        runner in this delivery keeps those attempts (one message per count)."""
+        log.info("handing %d task(s) back to the queue for another worker", len(tasks))
+        for crashes in sorted({t.crashes for t in tasks}):
+            entries = [t.entry for t in tasks if t.crashes == crashes]
+            wanted = {e.fn for e in entries} | {b for e in entries for b in e.blobs}
+            fns = {k: v for k, v in msg.fns.items() if k in wanted}
+            refs = {k: v for k, v in msg.refs.items() if k in wanted}
+            body = TaskMessage(msg.session, entries, fns, charged + crashes, refs).encode()
+            self.tasks.send([body], self.settings.session)
 
     def _dead_letter(self, message: Received) -> None:
         self.dead_letters.send([message.body], self.settings.session)
         self.tasks.delete([message.receipt])
 
-    # -- one task ---------------------------------------------------------------------------
+    # -- the tasks of one message ------------------------------------------------------------
 
-    def _run_task(self, msg: TaskMessage, entry: TaskEntry, charged: int) -> ResultEntry:
-        try:
-            digest, fn_bytes, args_bytes, blobs = self._payload(msg, entry)
-        except (TransportError, protocol.ProtocolError) as exc:
-            return self._result(entry.task_id, False, dumps_exception(exc), 0.0)
-        crashes = 0
-        while True:
-            runner = self._ensure_runner()
-            self.capture.begin(entry.task_id)
-            started = time.monotonic()
-            outcome = runner.run(entry.task_id, digest, fn_bytes, args_bytes,
-                                 self.settings.max_task_seconds, blobs)  # fmt: skip
-            tail = self.capture.end()
-            self.tasks_run += 1
-            if isinstance(outcome, Finished):
-                return self._result(entry.task_id, outcome.ok, outcome.data, outcome.seconds)
-            self._stop_runner()
-            seconds = time.monotonic() - started
-            if isinstance(outcome, TimedOut):
-                log.error("task %s ran past max_task_seconds=%g: stopped it",
-                          entry.task_id, self.settings.max_task_seconds)
-                error = TaskTimeoutError(entry.task_id, self.settings.max_task_seconds, tail)
-                return self._result(entry.task_id, False, dumps_exception(error), seconds)
-            assert isinstance(outcome, Crashed)
-            crashes += 1
-            attempts = charged + crashes
-            log.warning("task %s crashed its runner (%s), attempt %d of %d", entry.task_id,
-                        describe_exit(outcome.status), attempts, self.settings.max_attempts)
-            if attempts >= self.settings.max_attempts:
-                error = TaskCrashedError(entry.task_id, attempts, outcome.status, tail)
-                return self._result(entry.task_id, False, dumps_exception(error), seconds)
+    def _run_pack(self, msg: TaskMessage, charged: int, received_at: float) -> None:
+        """Run a message's tasks, up to PIPELINE_DEPTH of them in the runner at a time (one
+        running, the next ones queued in its channel), each result to the outbox as it
+        comes back. The runner serves them in order, so when it dies the oldest unanswered
+        task is the one that was running: only that one is charged; the ones queued behind
+        it never started and are sent again, uncharged, to the new runner."""
+        waiting: deque[_Pending] = deque(_Pending(e) for e in msg.tasks)
+        sent: deque[_Pending] = deque()  # in the runner, in order
+        skipped: list[_Pending] = []
+        not_after = self._start_deadline(received_at)
+        last_reply_at = 0.0
+        while sent or (waiting and not skipped):
+            refill = len(sent) <= PIPELINE_DEPTH // 2  # top up in batches: one write, one wake
+            while refill and waiting and not skipped and len(sent) < PIPELINE_DEPTH:
+                task = waiting[0]
+                if not sent and self._must_hand_back(received_at):
+                    skipped.extend(waiting)
+                    waiting.clear()
+                    break
+                if task.payload is None:
+                    try:
+                        task.payload = self._payload(msg, task.entry)
+                    except (TransportError, protocol.ProtocolError) as exc:
+                        waiting.popleft()
+                        self.outbox.add_result(self._result(task.entry.task_id, False,
+                                                            dumps_exception(exc), 0.0))
+                        continue
+                runner = self._ensure_runner()
+                digest, fn_bytes, args_bytes, blobs = task.payload
+                size = len(fn_bytes) + len(args_bytes) + sum(map(len, blobs.values()))
+                if not runner.fits_ahead(size):
+                    break
+                waiting.popleft()
+                self._seq += 1
+                task.seq, task.sent_at = self._seq, time.monotonic()
+                self.capture.expect(task.seq, task.entry.task_id)
+                runner.send_task(task.seq, task.entry.task_id, digest, fn_bytes, args_bytes,
+                                 blobs, not_after)  # fmt: skip
+                sent.append(task)
+            if not sent:
+                continue
+            runner = self.runner
+            assert runner is not None
+            # The oldest task started when it was sent or when the one before it came back.
+            started = max(sent[0].sent_at, last_reply_at)
+            timeout = started + self.settings.max_task_seconds - time.monotonic()
+            replies, ended = runner.wait(timeout)
+            for reply in replies:
+                if reply.seq != sent[0].seq:  # the channel is garbled: the runner is not trusted
+                    ended = runner._crashed()
+                    break
+                task = sent.popleft()
+                self.capture.finish(task.seq)
+                last_reply_at = time.monotonic()
+                if isinstance(reply, Skipped):
+                    skipped.append(task)
+                    continue
+                self.tasks_run += 1
+                self.outbox.add_result(self._result(task.entry.task_id, reply.ok, reply.data,
+                                                    reply.seconds))  # fmt: skip
+            if ended is not None:
+                self._runner_lost(sent, waiting, ended, charged)
+                sent.clear()
+        if skipped:
+            self._must_hand_back(received_at)  # sets retiring when the worker is too old
+            self._hand_back(msg, [t for t in skipped + list(waiting)], charged)
+
+    def _runner_lost(self, sent: deque[_Pending], waiting: deque[_Pending],
+                     ended: Crashed | TimedOut, charged: int) -> None:  # fmt: skip
+        """The runner died or ran past max_task_seconds with ``sent`` unanswered: the first
+        of them was running. Charge it (a crash: retried until max_attempts) or fail it (a
+        timeout); the others go back to the front of ``waiting`` as they were."""
+        self._stop_runner()
+        if not sent:  # died between tasks, nothing of ours running
+            return
+        head, queued = sent[0], list(sent)[1:]
+        tail = self.capture.finish(head.seq)
+        for task in queued:
+            self.capture.finish(task.seq)
+        waiting.extendleft(reversed(queued))
+        self.tasks_run += 1
+        seconds = time.monotonic() - head.sent_at
+        task_id = head.entry.task_id
+        if isinstance(ended, TimedOut):
+            log.error("task %s ran past max_task_seconds=%g: stopped it", task_id,
+                      self.settings.max_task_seconds)
+            error: Exception = TaskTimeoutError(task_id, self.settings.max_task_seconds, tail)
+            self.outbox.add_result(self._result(task_id, False, dumps_exception(error),
+                                                seconds))  # fmt: skip
+            return
+        head.crashes += 1
+        attempts = charged + head.crashes
+        log.warning("task %s crashed its runner (%s), attempt %d of %d", task_id,
+                    describe_exit(ended.status), attempts, self.settings.max_attempts)
+        if attempts >= self.settings.max_attempts:
+            error = TaskCrashedError(task_id, attempts, ended.status, tail)
+            self.outbox.add_result(self._result(task_id, False, dumps_exception(error),
+                                                seconds))  # fmt: skip
+        else:
+            waiting.appendleft(head)
+
+    def _start_deadline(self, received_at: float) -> float:
+        """The time.monotonic() after which no task of this message may start (the runner
+        skips one picked up later): the rule of _must_hand_back, for tasks that wait in
+        the runner's channel while the ones before them run."""
+        mts = self.settings.max_task_seconds
+        return min(received_at + SQS_MAX_VISIBILITY - mts - HAND_BACK_MARGIN_SECONDS,
+                   self.started_at + self.settings.job_timeout - mts)
 
     def _payload(self, msg: TaskMessage, entry: TaskEntry):
         """The task's pickled callable, arguments and large buffers, as bytes (never
@@ -397,13 +499,13 @@ class Supervisor:
         if self.runner is not None:
             return self.runner
         source, initializer = self._init_payloads()
-        self.capture.begin(None)
+        self.capture.new_gap()
         runner = RunnerProcess.start(self.capture)
         self.runner = runner
         self.runners_started += 1
         outcome = runner.init(self.settings.main_path, source, initializer,
                               self.settings.max_task_seconds)  # fmt: skip
-        tail = self.capture.end()
+        tail = self.capture.gap_tail()
         if isinstance(outcome, Finished) and outcome.ok:
             return runner
         self._stop_runner()
