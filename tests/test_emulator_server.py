@@ -149,9 +149,12 @@ def test_many_long_polls_do_not_starve_other_requests(endpoint):
     side = other.create_queue(QueueName="many-polls-side")["QueueUrl"]
     for i in range(5):
         other.send_message(QueueUrl=side, MessageBody=str(i))
-    assert other.get_queue_attributes(
-        QueueUrl=side, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]["ApproximateNumberOfMessages"] == "5"
+    assert (
+        other.get_queue_attributes(QueueUrl=side, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"
+        ]["ApproximateNumberOfMessages"]
+        == "5"
+    )
     assert results == [], "a poll returned before any message was sent"
     for start in range(0, polls, 10):
         other.send_message_batch(

@@ -93,7 +93,8 @@ class KeepAliveRequestHandler(MotoRequestHandler):
                     pass
             from werkzeug.debug.tbtools import DebugTraceback
 
-            self.server.log("error", f"Error on request:\n{DebugTraceback(e).render_traceback_text()}")
+            trace = DebugTraceback(e).render_traceback_text()
+            self.server.log("error", f"Error on request:\n{trace}")
             return
         if body is not None and not self.close_connection:
             try:
