@@ -150,9 +150,13 @@ class CallTimer:
 
     def _after(self, model, parsed, **_):
         ended = time.perf_counter()
+        started = getattr(self._local, "started", None)
+        if started is None:  # a call that was already in flight when attach() ran
+            return
+        self._local.started = None
         n = len(parsed.get("Messages", []) or []) if isinstance(parsed, dict) else 0
         self.calls.append(
-            (model.name, threading.current_thread().name, self._local.started, ended, n)
+            (model.name, threading.current_thread().name, started, ended, n)
         )
 
 

@@ -44,21 +44,17 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     credentials_file: enforce IAM from the first request; an admin user's keys are written
     there (auth.enforce_in_server).
     """
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
 
     from . import jobs, moto_fixes, speedups
     from .control import ControlMiddleware
+    from .keepalive import KeepAliveRequestHandler
 
-    class RequestHandler(MotoRequestHandler):
-        def log_request(self, *args, **kwargs):  # werkzeug logs every request to stderr
-            if log_requests:
-                super().log_request(*args, **kwargs)
+    class RequestHandler(KeepAliveRequestHandler):
+        pass
 
+    RequestHandler.log_requests = log_requests  # werkzeug would log every request to stderr
     app = ControlMiddleware(DomainDispatcherApplication(create_backend_app))
     if port:
         _check_port_free(host, port)  # werkzeug would print a paragraph and sys.exit(1)

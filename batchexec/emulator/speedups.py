@@ -1,5 +1,6 @@
-"""Caches and shortcuts that make moto's server cheaper per request (the emulator's round trip
-is its requests' cost: every task crosses four SQS calls).
+"""Caches and cheaper equivalents that make moto's server cheaper per request (the emulator's
+round trip is its requests' cost: every task crosses four SQS calls, and the client, the
+server and the workers share the machine's cores).
 
 Measured with py-spy on `batchexec local` under a stream of SQS calls (2026-11-24): about a
 third of the server's CPU went to moto re-listing its own package directory on every request
@@ -7,24 +8,65 @@ third of the server's CPU went to moto re-listing its own package directory on e
 message rebuilt all of its queue's attributes just to read the retention period. Both answers
 never change while the server runs, so they are computed once.
 
-Measured again under dask's map_overlap (2026-11-25: thousands of SQS calls carrying 20-100 KB
-bodies), a quarter of the server's busy time went to two more things: a regular expression
-that looks for an XML <RequestId> through every response body, JSON ones included (11.5%),
-and the MD5 of each message body, recomputed every time a message is received (11%). The
-first now runs only on bodies that contain the tag; the second is computed once per message
-(a body never changes). Internal API, like jobs.py: tests/test_emulator.py checks the names
-still exist (setup.cfg pins moto's range).
+Measured with cProfile on moto's WSGI app in-process, batchexec's three SQS calls
+(SendMessageBatch with the session's attributes, ReceiveMessage, DeleteMessageBatch;
+2026-11-25, about 0.7 ms each): a further quarter of the app's time went to work whose answer
+is fixed or whose result nobody inspects beyond its shape:
+
+- ``method_names_from_class`` runs ``inspect.getmembers`` over the response class on every
+  request to check the action exists: the class does not change, so once per class;
+- ``camelcase_to_underscores`` (a per-character loop) converts the same few dozen names
+  (every queue attribute, on every SendMessage, which reads all attributes to learn one);
+- the request id (52 characters) and every receipt handle (185) are built one
+  ``random.choice`` call per character: one ``choices`` call draws the same alphabet from
+  the same seedable generator (moto's ``mock_random``, so `/moto-api/seed` still applies);
+- SQS reads the clock through ``unix_time``, which builds two datetimes and subtracts them,
+  for every message on every scan of a queue: ``time.time()`` is the same number.
+
+Measured with py-spy on the server under dask's map_overlap (2026-11-25: thousands of SQS
+calls carrying 20-100 KB bodies), a quarter of its busy time went to two more things: a
+regular expression that looks for an XML <RequestId> through every response body, JSON ones
+included (11.5%), and the MD5 of each message body, recomputed every time a message is
+received (11%). The first now runs only on bodies that contain the tag; the second is computed
+once per message body.
+
+Internal API, like jobs.py: tests/test_emulator.py checks the names still exist (setup.cfg
+pins moto's range).
 """
 
 from __future__ import annotations
 
+import functools
+import string
+import time
 from typing import Any
+
+#: moto's alphabets: request ids are letters and digits, receipt handles lowercase letters.
+_REQUEST_ID_ALPHABET = string.ascii_letters + string.digits
+_REQUEST_ID_LENGTH = 52
+_RECEIPT_HANDLE_LENGTH = 185
+
+#: (module, attribute) pairs install() replaces; tests check each still exists in moto.
+PATCHED = (
+    ("moto.moto_server.werkzeug_app", "DomainDispatcherApplication.get_backend_for_host"),
+    ("moto.sqs.models", "SQSBackend.is_message_valid_based_on_retention_period"),
+    ("moto.core.responses", "method_names_from_class"),
+    ("moto.core.responses", "camelcase_to_underscores"),
+    ("moto.core.responses", "gen_amzn_requestid_long"),
+    ("moto.sqs.models", "camelcase_to_underscores"),
+    ("moto.sqs.models", "generate_receipt_handle"),
+    ("moto.sqs.models", "unix_time"),
+    ("moto.sqs.models", "unix_time_millis"),
+    ("moto.core.responses", "BaseResponse._enrich_response"),
+    ("moto.sqs.models", "Message.body_md5"),
+)
 
 
 def install() -> None:
     """Patch moto's server in this process. Idempotent."""
-    from moto.core.responses import BaseResponse
-    from moto.core.utils import unix_time
+    import moto.core.responses as responses
+    import moto.sqs.models as sqs_models
+    from moto.moto_api._internal import mock_random
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
     from moto.sqs.models import Message, SQSBackend
 
@@ -42,9 +84,32 @@ def install() -> None:
 
     def retained(self, queue_name: str, message) -> bool:
         period = int(self.get_queue(queue_name).message_retention_period)
-        return period + message.sent_timestamp / 1000 > unix_time()
+        return period + message.sent_timestamp / 1000 > time.time()
 
-    enrich = BaseResponse._enrich_response
+    method_names = responses.method_names_from_class
+
+    @functools.cache
+    def method_names_from_class(cls) -> frozenset[str]:
+        return frozenset(method_names(cls))  # call_action only asks `action in names`
+
+    camel = functools.lru_cache(maxsize=4096)(responses.camelcase_to_underscores)
+
+    def gen_amzn_requestid_long(headerdict: dict[str, Any] | None = None) -> str:
+        req_id = "".join(mock_random.choices(_REQUEST_ID_ALPHABET, k=_REQUEST_ID_LENGTH))
+        if isinstance(headerdict, dict):
+            headerdict["x-amzn-requestid"] = req_id
+        return req_id
+
+    def generate_receipt_handle() -> str:
+        return "".join(mock_random.choices(string.ascii_lowercase, k=_RECEIPT_HANDLE_LENGTH))
+
+    def unix_time(dt=None) -> float:
+        return time.time() if dt is None else original_unix_time(dt)
+
+    def unix_time_millis(dt=None) -> float:
+        return time.time() * 1000.0 if dt is None else original_unix_time(dt) * 1000.0
+
+    enrich = responses.BaseResponse._enrich_response
 
     def enrich_response(headers, body):
         tag = "<RequestId>" if isinstance(body, str) else b"<RequestId>"
@@ -66,8 +131,16 @@ def install() -> None:
         self._batchexec_md5 = (self.body, digest)
         return digest
 
+    original_unix_time = sqs_models.unix_time
     DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
     SQSBackend.is_message_valid_based_on_retention_period = retained
-    BaseResponse._enrich_response = staticmethod(enrich_response)
+    responses.method_names_from_class = method_names_from_class
+    responses.camelcase_to_underscores = camel
+    responses.gen_amzn_requestid_long = gen_amzn_requestid_long
+    sqs_models.camelcase_to_underscores = camel
+    sqs_models.generate_receipt_handle = generate_receipt_handle
+    sqs_models.unix_time = unix_time
+    sqs_models.unix_time_millis = unix_time_millis
+    responses.BaseResponse._enrich_response = staticmethod(enrich_response)
     Message.body_md5 = property(cached_body_md5)
     DomainDispatcherApplication._batchexec_cached = True

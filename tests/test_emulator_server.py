@@ -1,0 +1,234 @@
+"""The emulator's HTTP server: kept-alive connections, framing, long polls, stopping.
+
+`batchexec local` keeps HTTP/1.1 connections open (batchexec/emulator/keepalive.py): each AWS
+call no longer pays a TCP connect and a server thread. These tests hold it to what that
+must not break: a body the application did not read must not be taken for the next request,
+many clients long-polling at once must not starve anyone else (a fixed pool of request
+threads would), and SIGTERM must still stop the server, and its jobs, with connections open.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+
+import boto3
+import botocore.config
+import psutil
+import pytest
+from test_emulator import SLEEPER, read_pids, server_stderr, start_server, stop_server, wait_gone
+
+from batchexec.aws import AwsClients
+from batchexec.stack import deploy_stack, describe_stack
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    proc, line = start_server()
+    try:
+        yield line.strip()
+    finally:
+        assert stop_server(proc) == 0, server_stderr(proc)
+
+
+def sqs_client(endpoint: str, pool: int = 10):
+    return boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    ).client(
+        "sqs",
+        endpoint_url=endpoint,
+        config=botocore.config.Config(max_pool_connections=pool, retries={"max_attempts": 0}),
+    )
+
+
+def connection(endpoint: str) -> http.client.HTTPConnection:
+    host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+    return http.client.HTTPConnection(host, int(port), timeout=10)
+
+
+def local_ports_to(port: int) -> set[int]:
+    """This process's established TCP connections to `port`, by local port."""
+    return {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    }
+
+
+def test_boto3_calls_reuse_one_connection(endpoint):
+    sqs = sqs_client(endpoint)
+    port = int(endpoint.rsplit(":", 1)[1])
+    url = sqs.create_queue(QueueName="keepalive")["QueueUrl"]
+    seen = set()
+    for i in range(20):  # bodies in, bodies out: the framing must hold across calls
+        sqs.send_message(QueueUrl=url, MessageBody=f"m{i}")
+        seen |= local_ports_to(port)
+        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)["Messages"]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"])
+        seen |= local_ports_to(port)
+    # A server that closes connections leaves none open after a call (empty set); one that
+    # keeps them serves all 60 calls on the first connection.
+    assert len(seen) == 1, seen
+
+
+def test_a_body_the_application_did_not_read_is_drained(endpoint):
+    conn = connection(endpoint)
+    conn.request("POST", "/_batchexec/no-such-endpoint", body=b"x" * 100_000)
+    r = conn.getresponse()
+    assert r.status == 404 and "no control endpoint" in json.loads(r.read())["error"]
+    assert r.getheader("Connection") != "close"
+    sock = conn.sock
+    conn.request("GET", "/_batchexec/faults")  # parsed from where the socket really is
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read()) == []
+    assert conn.sock is sock  # the same connection, not a reconnect
+    conn.close()
+
+
+def test_an_unread_chunked_body_is_drained_to_its_last_chunk(endpoint):
+    conn = connection(endpoint)
+    conn.request("POST", "/_batchexec/no-such-endpoint", body=iter([b"x" * 70_000, b"y" * 10]),
+                 encode_chunked=True, headers={"Transfer-Encoding": "chunked"})  # fmt: skip
+    r = conn.getresponse()
+    assert r.status == 404, r.read()
+    r.read()
+    sock = conn.sock
+    conn.request("GET", "/_batchexec/faults")
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read()) == []
+    assert conn.sock is sock
+    conn.close()
+
+
+def test_connection_close_and_http10_are_honoured(endpoint):
+    host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+    for request in (b"GET /_batchexec/faults HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    b"GET /_batchexec/faults HTTP/1.0\r\n\r\n"):  # fmt: skip
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(65536):  # returns b"" only when the server closes
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"200" and json.loads(body) == []
+
+
+def test_many_long_polls_do_not_starve_other_requests(endpoint):
+    """More clients long-polling at once than any fixed request pool would hold (a benchmark
+    runs 64 workers that each long-poll): other calls still go through while every poll
+    is waiting, and a message for each poll ends them all."""
+    polls = 80
+    sqs = sqs_client(endpoint, pool=polls + 5)
+    url = sqs.create_queue(QueueName="many-polls")["QueueUrl"]
+    other = sqs_client(endpoint)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def poll():
+        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=20, MaxNumberOfMessages=1)
+        with lock:
+            results.append(len(got.get("Messages", [])))
+
+    threads = [threading.Thread(target=poll, daemon=True) for _ in range(polls)]
+    for t in threads:
+        t.start()
+    port = int(endpoint.rsplit(":", 1)[1])
+    deadline = 30
+    while len(local_ports_to(port)) < polls and deadline:  # every poll is on the server
+        threading.Event().wait(0.1)
+        deadline -= 0.1
+    # Other calls are answered while all the polls wait (none has returned yet).
+    side = other.create_queue(QueueName="many-polls-side")["QueueUrl"]
+    for i in range(5):
+        other.send_message(QueueUrl=side, MessageBody=str(i))
+    assert (
+        other.get_queue_attributes(QueueUrl=side, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"
+        ]["ApproximateNumberOfMessages"]
+        == "5"
+    )
+    assert results == [], "a poll returned before any message was sent"
+    for start in range(0, polls, 10):
+        other.send_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "MessageBody": str(i)} for i in range(start, start + 10)],
+        )
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == [1] * polls
+
+
+def test_sigterm_stops_the_server_and_its_jobs_with_connections_open(tmp_path):
+    proc, line = start_server()
+    try:
+        endpoint = line.strip()
+        clients = AwsClients(region="us-east-1", endpoint_url=endpoint)
+        deploy_stack(clients, "sigterm")
+        stack = describe_stack(clients, "sigterm")
+        out = tmp_path / "pids"
+        clients.client("batch").submit_job(
+            jobName="sleeper",
+            jobQueue=stack.job_queue,
+            jobDefinition=stack.job_definition,
+            containerOverrides={
+                "command": SLEEPER,
+                "environment": [{"name": "OUT", "value": str(out)}],
+            },
+        )
+        pids = read_pids(out)
+        # An idle kept-alive connection and a long poll in progress while the signal comes.
+        idle = connection(endpoint)
+        idle.request("GET", "/_batchexec/faults")
+        idle.getresponse().read()
+        sqs = sqs_client(endpoint)
+        url = sqs.create_queue(QueueName="sigterm")["QueueUrl"]
+        poller = threading.Thread(
+            target=lambda: _swallow(sqs.receive_message, QueueUrl=url, WaitTimeSeconds=20),
+            daemon=True,
+        )
+        poller.start()
+        threading.Event().wait(0.5)
+    finally:
+        rc = stop_server(proc)  # SIGTERM; fails the test if it does not exit within 15 s
+    assert rc == 0, server_stderr(proc)
+    assert wait_gone(pids) == []
+    idle.close()
+
+
+def _swallow(fn, **kwargs):
+    try:
+        fn(**kwargs)
+    except Exception:  # the server went away under the poll: expected here
+        pass
+
+
+def test_moto_internals_the_speedups_patch_still_exist():
+    """setup.cfg pins moto because speedups.py replaces these; fail loudly when they move."""
+    code = textwrap.dedent("""
+        import importlib
+        from batchexec.emulator import speedups
+        for module, name in speedups.PATCHED:
+            obj = importlib.import_module(module)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+            assert callable(obj) or isinstance(obj, property), (module, name)
+        speedups.install()
+        speedups.install()  # idempotent
+        import moto.core.responses as r
+        from moto.sqs.responses import SQSResponse
+        assert "send_message" in r.method_names_from_class(SQSResponse)
+        assert r.camelcase_to_underscores("MessageRetentionPeriod") == "message_retention_period"
+        headers = {}
+        assert len(r.gen_amzn_requestid_long(headers)) == 52 and headers["x-amzn-requestid"]
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "MOTO_PORT": "5000"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
