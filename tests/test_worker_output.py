@@ -4,7 +4,6 @@ output messages and worker events (no emulator: a fake result queue)."""
 from __future__ import annotations
 
 import io
-import time
 
 from batchexec import protocol
 from batchexec.collector import ResultCollector
@@ -142,50 +141,3 @@ def test_a_task_that_lost_its_marks_still_ends_with_its_result():
         os.close(err)
     assert [(ln.task_id, ln.text) for ln in lines] == [("a", "a writes"),
                                                         (None, "then a leaked thread")]
-
-
-class _RecordingQueue:
-    """Stands in for a MessageQueue: records sends and deletes in order; the first send
-    fails with a TransportError (a throttled SendMessageBatch after botocore's retries)."""
-
-    def __init__(self, calls: list, fail_first_send: bool = False):
-        self.calls = calls
-        self.fail = fail_first_send
-
-    def send(self, bodies, session):
-        from batchexec.transport import TransportError
-
-        if self.fail:
-            self.fail = False
-            self.calls.append(("send failed", len(bodies)))
-            raise TransportError("throttled (for the test)")
-        self.calls.append(("send", len(bodies)))
-
-    def delete(self, receipts):
-        self.calls.append(("delete", tuple(receipts)))
-
-
-def test_a_task_message_is_deleted_only_after_its_results_were_accepted(monkeypatch):
-    """The outbox deletes a finished message in its own thread (the supervisor goes on to
-    receive), but never before the results queued ahead of it were sent: at least once."""
-    import batchexec.worker.outbox as outbox_module
-    from batchexec.protocol import ResultEntry
-    from batchexec.worker.outbox import Outbox
-
-    monkeypatch.setattr(outbox_module, "RETRY_SECONDS", 0.05)
-    calls: list = []
-    results = _RecordingQueue(calls, fail_first_send=True)
-    tasks = _RecordingQueue(calls)
-    outbox = Outbox(results, "s", "w", flush_seconds=30)  # only urgency sends early
-    outbox.start()
-    try:
-        outbox.add_result(ResultEntry("1", True, 0.0, data=b"x"))
-        outbox.add_result(ResultEntry("2", True, 0.0, data=b"y"))
-        outbox.delete_when_sent(tasks, "receipt-1", "m1")
-        deadline = time.monotonic() + 10
-        while ("delete", ("receipt-1",)) not in calls and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert time.monotonic() < deadline - 8, "the retry waited for the timer"
-    finally:
-        outbox.stop()
-    assert calls == [("send failed", 1), ("send", 1), ("delete", ("receipt-1",))]

@@ -6,12 +6,10 @@ pack is doing: a finished task reports within ~0.2 s even when its pack-mates ru
 Each send puts the output messages before the result messages, and a task's lines are queued
 before its result, so a task's output is sent before its result.
 
-``flush()`` sends everything queued now and waits until SQS accepted it. A task message is
-deleted through ``delete_when_sent()``: this thread deletes it once every result queued before
-it was accepted (results durable first: delivery at least once), while the supervisor goes on
-to receive its next message instead of waiting for two more SQS calls. A send that fails
-(after botocore's retries) is tried again; the queue being gone (session ended) is reported
-to the waiter as QueueGone.
+``flush()`` sends everything queued now and waits until SQS accepted it: the supervisor
+calls it before deleting a task message (results durable first: delivery at least once). A
+send that fails (after botocore's retries) is tried again; the queue being gone (session
+ended) is reported to the waiter as QueueGone.
 """
 
 from __future__ import annotations
@@ -49,9 +47,6 @@ class Outbox(threading.Thread):
         self._urgent = False
         self._stopping = False
         self._gone: QueueGone | None = None
-        #: Task messages to delete once the items queued before them are sent:
-        #: (items queued when asked, queue, receipt, message id).
-        self._deletes: list[tuple[int, MessageQueue, str, str]] = []
 
     # -- producers ------------------------------------------------------------------------
 
@@ -72,14 +67,6 @@ class Outbox(threading.Thread):
                 # Only the first item arms the timer; waking the thread for every later one
                 # (it would go back to waiting) cost a thread switch per task.
                 self._cond.notify_all()
-
-    def delete_when_sent(self, queue: MessageQueue, receipt: str, message_id: str) -> None:
-        """Delete a task message from ``queue`` once everything queued so far (its results)
-        was accepted; sent without waiting for the timer."""
-        with self._cond:
-            self._deletes.append((self._queued, queue, receipt, message_id))
-            self._urgent = True
-            self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued so far now; wait until sent. False on timeout; QueueGone
@@ -106,23 +93,16 @@ class Outbox(threading.Thread):
     def run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._stopping
-                                    or self._ready_deletes())
-                deletes = self._ready_deletes()
-                self._deletes = self._deletes[len(deletes):]
-                if not deletes:
-                    if not self._pending:
-                        return
-                    while not (self._urgent or self._stopping):
-                        left = self._first_at + self.flush_seconds - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-                    batch, self._pending = self._pending, []
-                    self._urgent = False
-            if deletes:
-                self._delete_messages(deletes)
-                continue
+                self._cond.wait_for(lambda: self._pending or self._stopping)
+                if not self._pending:
+                    return
+                while not (self._urgent or self._stopping):
+                    left = self._first_at + self.flush_seconds - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch, self._pending = self._pending, []
+                self._urgent = False
             try:
                 self.queue.send(self.encode(batch), self.session)
             except QueueGone as exc:
@@ -135,7 +115,6 @@ class Outbox(threading.Thread):
                             len(batch), exc)
                 with self._cond:
                     self._pending[:0] = batch
-                    self._urgent = True  # it was due: again as soon as the pause is over
                     stopping = self._stopping
                 if stopping:
                     return
@@ -144,22 +123,6 @@ class Outbox(threading.Thread):
             with self._cond:
                 self._sent += len(batch)
                 self._cond.notify_all()
-
-    def _ready_deletes(self) -> list[tuple[int, MessageQueue, str, str]]:
-        """The task messages whose results are all sent (asked for in order)."""
-        ready = 0
-        while ready < len(self._deletes) and self._deletes[ready][0] <= self._sent:
-            ready += 1
-        return self._deletes[:ready]
-
-    def _delete_messages(self, deletes: list[tuple[int, MessageQueue, str, str]]) -> None:
-        for _, queue, receipt, message_id in deletes:
-            try:
-                queue.delete([receipt])
-            except QueueGone:  # the session ended; the supervisor learns it on its next receive
-                return
-            except TransportError as exc:  # redelivered later; its results are duplicates then
-                log.warning("deleting task message %s failed: %s", message_id, exc)
 
     def encode(self, batch: list[OutputLine | ResultEntry]) -> list[str]:
         """Bodies for one send: output messages first, then results; each under the limit."""

@@ -17,8 +17,7 @@
            │                       with TaskCrashedError at max_attempts; the tasks queued
            │                       behind it never started: sent again, uncharged
            │    max_task_seconds → runner replaced, task fails with TaskTimeoutError
-           └─ then: the outbox deletes the message once its results are accepted (results
-              durable first), while the next message is received
+           └─ then: outbox flushed (results durable), task message deleted
 
 User pickles may run code when loaded, so the supervisor never unpickles them: it moves
 them as bytes to the runner (runner.py), which unpickles, calls and pickles. A task can
@@ -291,13 +290,15 @@ class Supervisor:
         self.heartbeat.hold(message.receipt, received_at)
         try:
             self._run_pack(msg, charged, received_at)
+            self.outbox.flush()  # every result durable before the message goes
         finally:
             self.heartbeat.hold(None)
-        # The outbox deletes the message once its results are accepted (durable first:
-        # at least once), while this thread receives the next one. Should that take longer
-        # than the visibility the heartbeat last granted, the message is seen again and its
-        # results are duplicates, which the client ignores.
-        self.outbox.delete_when_sent(self.tasks, message.receipt, message.message_id)
+        try:
+            self.tasks.delete([message.receipt])
+        except QueueGone:
+            raise
+        except TransportError as exc:  # redelivered later; its results are duplicates then
+            log.warning("deleting task message %s failed: %s", message.message_id, exc)
 
     def _must_hand_back(self, received_at: float) -> bool:
         """Could the next task outlive the message's 12-hour ceiling or the worker's job?"""
