@@ -141,3 +141,42 @@ def test_a_task_that_lost_its_marks_still_ends_with_its_result():
         os.close(err)
     assert [(ln.task_id, ln.text) for ln in lines] == [("a", "a writes"),
                                                         (None, "then a leaked thread")]
+
+
+class _ThrottledOnceQueue:
+    """Stands in for the result queue: the first send fails with a TransportError (a
+    throttled SendMessageBatch after botocore's retries), later ones succeed."""
+
+    def __init__(self):
+        self.sends: list[str] = []
+
+    def send(self, bodies, session):
+        from batchexec.transport import TransportError
+
+        if not self.sends:
+            self.sends.append("failed")
+            raise TransportError("throttled (for the test)")
+        self.sends.append("sent")
+
+
+def test_a_result_send_that_failed_is_retried_after_the_pause_not_the_timer(monkeypatch):
+    """flush() (results durable before a task message is deleted) must not wait for the
+    batching timer after a failed send: the batch was already due."""
+    import time
+
+    import batchexec.worker.outbox as outbox_module
+    from batchexec.protocol import ResultEntry
+    from batchexec.worker.outbox import Outbox
+
+    monkeypatch.setattr(outbox_module, "RETRY_SECONDS", 0.05)
+    queue = _ThrottledOnceQueue()
+    outbox = Outbox(queue, "s", "w", flush_seconds=30)  # only urgency sends early
+    outbox.start()
+    try:
+        outbox.add_result(ResultEntry("1", True, 0.0, data=b"x"))
+        started = time.monotonic()
+        assert outbox.flush(timeout=10)
+        assert time.monotonic() - started < 5
+    finally:
+        outbox.stop()
+    assert queue.sends == ["failed", "sent"]

@@ -115,6 +115,7 @@ class Outbox(threading.Thread):
                             len(batch), exc)
                 with self._cond:
                     self._pending[:0] = batch
+                    self._urgent = True  # it was due: again as soon as the pause is over
                     stopping = self._stopping
                 if stopping:
                     return
