@@ -233,6 +233,23 @@ SLEEPER = py("""
 """)
 
 
+def start_sleeper(endpoint: str, stack_name: str, out) -> list[int]:
+    """Deploy a stack in the server at endpoint and run a SLEEPER job in it: its pids."""
+    clients = AwsClients(region="us-east-1", endpoint_url=endpoint)
+    deploy_stack(clients, stack_name)
+    stack = describe_stack(clients, stack_name)
+    clients.client("batch").submit_job(
+        jobName="sleeper",
+        jobQueue=stack.job_queue,
+        jobDefinition=stack.job_definition,
+        containerOverrides={
+            "command": SLEEPER,
+            "environment": [{"name": "OUT", "value": str(out)}],
+        },
+    )
+    return read_pids(out)
+
+
 def read_pids(path, timeout=30):
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -442,21 +459,7 @@ def test_local_prints_endpoint_first_and_leaves_no_orphans_on_sigterm(tmp_path):
     proc, line = start_server()
     try:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+\n", line), line
-        endpoint = line.strip()
-        clients = AwsClients(region="us-east-1", endpoint_url=endpoint)
-        deploy_stack(clients, "orphans")
-        stack = describe_stack(clients, "orphans")
-        out = tmp_path / "pids"
-        clients.client("batch").submit_job(
-            jobName="sleeper",
-            jobQueue=stack.job_queue,
-            jobDefinition=stack.job_definition,
-            containerOverrides={
-                "command": SLEEPER,
-                "environment": [{"name": "OUT", "value": str(out)}],
-            },
-        )
-        pids = read_pids(out)
+        pids = start_sleeper(line.strip(), "orphans", tmp_path / "pids")
     finally:
         rc = stop_server(proc)
     assert rc == 0, server_stderr(proc)

@@ -22,10 +22,7 @@ import boto3
 import botocore.config
 import psutil
 import pytest
-from test_emulator import SLEEPER, read_pids, server_stderr, start_server, stop_server, wait_gone
-
-from batchexec.aws import AwsClients
-from batchexec.stack import deploy_stack, describe_stack
+from test_emulator import server_stderr, start_server, start_sleeper, stop_server, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -170,20 +167,7 @@ def test_sigterm_stops_the_server_and_its_jobs_with_connections_open(tmp_path):
     proc, line = start_server()
     try:
         endpoint = line.strip()
-        clients = AwsClients(region="us-east-1", endpoint_url=endpoint)
-        deploy_stack(clients, "sigterm")
-        stack = describe_stack(clients, "sigterm")
-        out = tmp_path / "pids"
-        clients.client("batch").submit_job(
-            jobName="sleeper",
-            jobQueue=stack.job_queue,
-            jobDefinition=stack.job_definition,
-            containerOverrides={
-                "command": SLEEPER,
-                "environment": [{"name": "OUT", "value": str(out)}],
-            },
-        )
-        pids = read_pids(out)
+        pids = start_sleeper(endpoint, "sigterm", tmp_path / "pids")
         # An idle kept-alive connection and a long poll in progress while the signal comes.
         idle = connection(endpoint)
         idle.request("GET", "/_batchexec/faults")
