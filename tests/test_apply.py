@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -29,6 +30,12 @@ from gpu.applier import (
     RasterAlignmentError,
     apply,
 )
+
+# The shipped example's block function, not a copy of it (workers import it by reference:
+# they get the client's sys.path, examples/ included).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+from ndvi_focal import ndvi_focal  # noqa: E402
 
 gdal.UseExceptions()
 
@@ -144,23 +151,6 @@ def blend(arrays, block, *, weight, halos):
 
 def passthrough(arrays, block):
     return next(iter(arrays.values()))[0]
-
-
-def ndvi_focal(arrays, block):
-    """NDVI of red and NIR, then a 3 x 3 focal mean over valid cells; -9999 where none."""
-    red = arrays["red"][0].astype(np.float32)
-    nir = arrays["nir"][0].astype(np.float32)
-    valid = (red != block.nodata["red"][0]) & (nir != block.nodata["nir"][0]) & (red + nir > 0)
-    ndvi = np.where(valid, (nir - red) / np.where(valid, nir + red, 1), 0).astype(np.float32)
-    h, w = ndvi.shape
-    total = np.zeros((h, w), np.float32)
-    count = np.zeros((h, w), np.float32)
-    p, v = np.pad(ndvi, 1), np.pad(valid.astype(np.float32), 1)
-    for dy in range(3):
-        for dx in range(3):
-            total += p[dy:dy + h, dx:dx + w]
-            count += v[dy:dy + h, dx:dx + w]
-    return np.where(count > 0, total / np.maximum(count, 1), -9999).astype(np.float32)
 
 
 def fails_on_one_block(arrays, block, outputs=()):
