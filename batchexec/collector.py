@@ -19,19 +19,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 
 import botocore.exceptions
 
 from . import protocol
+from .batching import LINGER_SECONDS, gather
 from .config import SQS_MAX_VISIBILITY
 from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
 from .output import OutputPrinter
-from .protocol import OutputMessage, ResultEntry, ResultMessage, TaskMessage, WorkerEvent
+from .protocol import (
+    SQS_BATCH_ENTRIES,
+    OutputMessage,
+    ResultEntry,
+    ResultMessage,
+    TaskMessage,
+    WorkerEvent,
+)
 from .serialization import digest, loads
 from .tasks import TaskTable
 from .threads import ServiceThread, settle
-from .transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
+from .transport import (
+    MessageQueue,
+    PayloadStore,
+    QueueGone,
+    Received,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 _futures_log = logging.getLogger("concurrent.futures")
@@ -213,14 +227,17 @@ class ResultCollector(QueuePoller):
 
 class Janitor(ServiceThread):
     """Deletes what the collector is done with (result messages, S3 payloads) in the
-    background, coalescing batches: a delete on the collector's own path would add a request's
-    time to the round trip of the next result. A failed delete is harmless (a result message
-    seen again is a duplicate, ignored; payloads go with the session's prefix at shutdown)."""
+    background: a delete on the collector's own path would add a request's time to the round
+    trip of the next result. The first delete waits up to ``linger`` seconds for more to share
+    its call (batching.py). A failed delete is harmless (a result message seen again is a
+    duplicate, ignored; payloads go with the session's prefix at shutdown)."""
 
-    def __init__(self, queue: MessageQueue, store: PayloadStore, on_broken: BreakHandler):
+    def __init__(self, queue: MessageQueue, store: PayloadStore, on_broken: BreakHandler,
+                 linger: float = LINGER_SECONDS):  # fmt: skip
         super().__init__("batchexec-janitor", on_broken)
         self.queue = queue
         self.store = store
+        self.linger = linger
         self._work: SimpleQueue = SimpleQueue()
 
     def discard(self, receipts: list[str], keys: list[str]) -> None:
@@ -231,17 +248,13 @@ class Janitor(ServiceThread):
         self._work.put(None)
 
     def serve(self) -> None:
+        def enough(items: list) -> bool:
+            return sum(len(item[0]) for item in items) >= SQS_BATCH_ENTRIES
+
         while True:
-            item = self._work.get()
-            receipts, keys, stopping = [], [], item is None
-            while item is not None:
-                receipts += item[0]
-                keys += item[1]
-                try:
-                    item = self._work.get_nowait()
-                except Empty:
-                    break
-                stopping = stopping or item is None
+            items = gather(self._work, self.linger, enough)
+            receipts = [r for item in items if item is not None for r in item[0]]
+            keys = [k for item in items if item is not None for k in item[1]]
             try:
                 if receipts:
                     self.queue.delete(receipts)
@@ -249,7 +262,7 @@ class Janitor(ServiceThread):
                     self.store.delete(keys)
             except TransportError as exc:
                 log.debug("cleaning up after results failed (harmless): %s", exc)
-            if stopping:
+            if items[-1] is None:
                 return
 
 

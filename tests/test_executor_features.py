@@ -123,6 +123,20 @@ def test_packing_keeps_requests_low(make_executor, control):
     assert total / 1000 < 0.2, counts
 
 
+def test_one_at_a_time_tasks_share_their_deletes(make_executor, control):
+    """A submit-and-wait loop sends one message each way per task; the deletes of those
+    messages wait briefly for company (batching.py) instead of costing a call each."""
+    ex = make_executor(2)
+    list(ex.map(tf.square, range(20)))
+    control.reset_requests()
+    for i in range(40):
+        assert ex.submit(tf.square, i).result(timeout=60) == i * i
+    ex.shutdown(wait=True)  # the last deletes are made before the workers and queues go
+    counts = control.requests()
+    assert counts.get("sqs.SendMessageBatch", 0) >= 80, counts  # one task, one result each
+    assert counts.get("sqs.DeleteMessageBatch", 0) <= 40, counts  # not one per message (80)
+
+
 def test_two_executors_on_one_stack_do_not_cross_talk(make_executor):
     a, b = make_executor(1), make_executor(1)
     assert a.session_id != b.session_id

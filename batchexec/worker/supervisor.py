@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import cloudpickle
 
 from .. import protocol
+from ..batching import LINGER_SECONDS, MessageDeleter
 from ..config import SQS_MAX_VISIBILITY, SessionSettings
 from ..errors import (
     ConfigurationError,
@@ -139,6 +140,9 @@ class Supervisor:
         self.outbox = Outbox(results, settings.session, worker_id)
         self.capture = OutputCapture(settings.output_limit, self.outbox.add_output)
         self.heartbeat = Heartbeat(tasks, settings.visibility_timeout)
+        # A finished message's delete waits for others to share its call (batching.py); far
+        # below the visibility timeout, so it is never redelivered meanwhile.
+        self.deleter = MessageDeleter(tasks, min(LINGER_SECONDS, settings.visibility_timeout / 10))
         self.runner: RunnerProcess | None = None
         self.started_at = time.monotonic()
         self.retiring = False
@@ -155,6 +159,7 @@ class Supervisor:
         if handling_signals:
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.outbox.start()
+        self.deleter.start()
         try:
             self._event(WorkerEvent.STARTED, info={
                 "python": python_version(),
@@ -182,6 +187,7 @@ class Supervisor:
             self.heartbeat.stop()
             self._stop_runner()
             self.outbox.stop()
+            self.deleter.stop()
             if handling_signals:
                 signal.signal(signal.SIGTERM, previous)
         log.info("worker %s exiting after %d tasks (%d runner processes)", self.worker_id,
@@ -293,12 +299,7 @@ class Supervisor:
             self.outbox.flush()  # every result durable before the message goes
         finally:
             self.heartbeat.hold(None)
-        try:
-            self.tasks.delete([message.receipt])
-        except QueueGone:
-            raise
-        except TransportError as exc:  # redelivered later; its results are duplicates then
-            log.warning("deleting task message %s failed: %s", message.message_id, exc)
+        self.deleter.delete_later(message.receipt)
 
     def _must_hand_back(self, received_at: float) -> bool:
         """Could the next task outlive the message's 12-hour ceiling or the worker's job?"""
