@@ -19,7 +19,11 @@ ProcessPoolExecutor(2), round-robin over `--rounds` rounds (medians), both warm:
   botocore's event hooks, each sample is split into dispatch wait, SendMessageBatch, the
   worker leg (task received, run, result sent, collector's long poll returning) and the
   client's resolution; beside it, the floor the emulator itself sets: the same four SQS calls
-  (send, receive, send back, receive) ping-ponged by two threads of plain boto3, no batchexec.
+  (send, receive, send back, receive) ping-ponged by two threads of plain boto3, no batchexec;
+- the bytes the client's SQS calls carried during the map_overlap graph on BatchExecutor, and
+  the time plain boto3 takes to move its task bytes through the emulator once each way (sent,
+  received back, deleted; results not included): a floor under any SQS-based executor on this
+  machine, to set beside the process pool's time for the whole graph.
 
 Prints a table and writes JSON (default bench/results/bench_dask.json). Not a test: numbers
 depend on the machine; docs/benchmarks.md records dated figures.
@@ -160,6 +164,28 @@ class CallTimer:
         )
 
 
+class ByteCounter:
+    """Bytes a botocore client's requests carried, and its responses, while attached."""
+
+    def __init__(self):
+        self.calls = self.sent = self.received = 0
+
+    def attach(self, client) -> None:
+        client.meta.events.register("before-send.sqs.*", self._sent)
+        client.meta.events.register("after-call.sqs.*", self._received)
+
+    def detach(self, client) -> None:
+        client.meta.events.unregister("before-send.sqs.*", self._sent)
+        client.meta.events.unregister("after-call.sqs.*", self._received)
+
+    def _sent(self, request, **_):
+        self.calls += 1
+        self.sent += len(request.body or b"")
+
+    def _received(self, http_response, **_):
+        self.received += len(http_response.content or b"")
+
+
 def split_round_trips(samples, calls) -> dict:
     """Each sample's dispatch wait, send call, worker leg and resolution (ms, medians)."""
     sends = sorted((c for c in calls if c[0] == "SendMessageBatch"), key=lambda c: c[2])
@@ -247,6 +273,36 @@ def sqs_floor(endpoint: str, samples: int) -> dict:
     }
 
 
+def traffic_floor(endpoint: str, task_bytes: int) -> dict:
+    """Plain boto3 moving ``task_bytes`` through the emulator once each way, as SQS batches
+    of 10 messages of about 11 KB: sent, received back, deleted, one call after another."""
+    import uuid
+
+    import boto3
+
+    sqs = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                region_name="us-east-1").client("sqs", endpoint_url=endpoint)
+    url = sqs.create_queue(QueueName=f"bench-traffic-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    body = "x" * 11_000
+    sends = max(1, task_bytes // (10 * len(body)))
+    started = time.perf_counter()
+    try:
+        for _ in range(sends):
+            sqs.send_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(j), "MessageBody": body} for j in range(10)])
+            got = []
+            while len(got) < 10:
+                got += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", [])
+            sqs.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]} for j, m in enumerate(got)])
+        elapsed = time.perf_counter() - started
+    finally:
+        sqs.delete_queue(QueueUrl=url)
+    return {"task MB moved each way": sends * 10 * len(body) / 1e6, "calls": 3 * sends,
+            "seconds": elapsed}
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -304,7 +360,12 @@ def main() -> None:
                     if name == "batch":
                         requests["delayed"] = dict(sorted(control.requests().items()))
                     control.reset_requests()
+                    if name == "batch":
+                        traffic = ByteCounter()
+                        traffic.attach(batch._clients.client("sqs"))
                     t, value = timed_compute(overlap, ex)
+                    if name == "batch":
+                        traffic.detach(batch._clients.client("sqs"))
                     assert np.isclose(value, overlap_expected, rtol=1e-9), (name, value)
                     times[name]["overlap"].append(t)
                     if name == "batch":
@@ -317,6 +378,7 @@ def main() -> None:
             latency(batch, args.latency_samples, record=samples)
             profile = split_round_trips(samples, timer.calls)
             floor = sqs_floor(emu.endpoint_url, args.latency_samples)
+            overlap_floor = traffic_floor(emu.endpoint_url, traffic.sent)
         finally:
             process.shutdown()
             batch.shutdown()
@@ -346,6 +408,9 @@ def main() -> None:
         "raw_s": times,
         "round_trip_profile": profile,
         "emulator_floor": floor,
+        "overlap_client_traffic": {"calls": traffic.calls, "sent_bytes": traffic.sent,
+                                   "received_bytes": traffic.received},
+        "overlap_traffic_floor": overlap_floor,
     }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
@@ -381,6 +446,12 @@ def main() -> None:
     print("emulator floor, plain boto3 (ms):")
     for k, v in floor.items():
         print(f"  {k:<56}{v:8.2f}")
+    print(f"map_overlap on BatchExecutor, the client's SQS traffic (last round): "
+          f"{traffic.calls} calls, {traffic.sent / 1e6:.0f} MB sent, "
+          f"{traffic.received / 1e6:.0f} MB received")
+    print(f"  its task bytes moved once each way through the emulator by plain boto3: "
+          f"{overlap_floor['seconds']:.2f} s ({overlap_floor['calls']} calls), against "
+          f"{rows['process_overlap_s']:.2f} s for the whole graph on ProcessPool(2)")
     print(f"written to {args.json}")
 
 
