@@ -21,9 +21,9 @@ ProcessPoolExecutor(2), round-robin over `--rounds` rounds (medians), both warm:
   client's resolution; beside it, the floor the emulator itself sets: the same four SQS calls
   (send, receive, send back, receive) ping-ponged by two threads of plain boto3, no batchexec;
 - the bytes the client's SQS calls carried during the map_overlap graph on BatchExecutor, and
-  the time plain boto3 takes to move its task bytes through the emulator once each way (sent,
-  received back, deleted; results not included): a floor under any SQS-based executor on this
-  machine, to set beside the process pool's time for the whole graph.
+  the time plain boto3 takes to move its task bytes through the emulator once each way, in
+  the fewest calls SQS allows (sent, received back, deleted; results not included): a floor
+  under any SQS-based executor on this machine, beside the pool's time for the whole graph.
 
 Prints a table and writes JSON (default bench/results/bench_dask.json). Not a test: numbers
 depend on the machine; docs/benchmarks.md records dated figures.
@@ -273,19 +273,24 @@ def sqs_floor(endpoint: str, samples: int) -> dict:
     }
 
 
-def traffic_floor(endpoint: str, task_bytes: int) -> dict:
-    """Plain boto3 moving ``task_bytes`` through the emulator once each way, as SQS batches
-    of 10 messages of about 11 KB: sent, received back, deleted, one call after another."""
+def traffic_floor(endpoint: str, server_pid: int, task_bytes: int) -> dict:
+    """Plain boto3 moving ``task_bytes`` through the emulator once each way in the fewest
+    calls SQS allows (batches of 10 messages filling its 256 KiB limit): sent, received
+    back, deleted, one call after another. Also the emulator server's CPU time for it: the
+    server is one process, so that time is spent one core at a time whoever makes the calls."""
     import uuid
 
     import boto3
+    import psutil
+
+    server = psutil.Process(server_pid)
 
     sqs = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                                 region_name="us-east-1").client("sqs", endpoint_url=endpoint)
     url = sqs.create_queue(QueueName=f"bench-traffic-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    body = "x" * 11_000
+    body = "x" * 25_000
     sends = max(1, task_bytes // (10 * len(body)))
-    started = time.perf_counter()
+    started, server_cpu = time.perf_counter(), sum(server.cpu_times()[:2])
     try:
         for _ in range(sends):
             sqs.send_message_batch(QueueUrl=url, Entries=[
@@ -297,10 +302,11 @@ def traffic_floor(endpoint: str, task_bytes: int) -> dict:
             sqs.delete_message_batch(QueueUrl=url, Entries=[
                 {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]} for j, m in enumerate(got)])
         elapsed = time.perf_counter() - started
+        server_cpu = sum(server.cpu_times()[:2]) - server_cpu
     finally:
         sqs.delete_queue(QueueUrl=url)
     return {"task MB moved each way": sends * 10 * len(body) / 1e6, "calls": 3 * sends,
-            "seconds": elapsed}
+            "seconds": elapsed, "server_cpu_seconds": server_cpu}
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -378,7 +384,7 @@ def main() -> None:
             latency(batch, args.latency_samples, record=samples)
             profile = split_round_trips(samples, timer.calls)
             floor = sqs_floor(emu.endpoint_url, args.latency_samples)
-            overlap_floor = traffic_floor(emu.endpoint_url, traffic.sent)
+            overlap_floor = traffic_floor(emu.endpoint_url, emu.pid, traffic.sent)
         finally:
             process.shutdown()
             batch.shutdown()
@@ -450,7 +456,8 @@ def main() -> None:
           f"{traffic.calls} calls, {traffic.sent / 1e6:.0f} MB sent, "
           f"{traffic.received / 1e6:.0f} MB received")
     print(f"  its task bytes moved once each way through the emulator by plain boto3: "
-          f"{overlap_floor['seconds']:.2f} s ({overlap_floor['calls']} calls), against "
+          f"{overlap_floor['seconds']:.2f} s ({overlap_floor['calls']} calls; the server's "
+          f"CPU {overlap_floor['server_cpu_seconds']:.2f} s), against "
           f"{rows['process_overlap_s']:.2f} s for the whole graph on ProcessPool(2)")
     print(f"written to {args.json}")
 
