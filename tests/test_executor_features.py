@@ -129,12 +129,24 @@ def test_one_at_a_time_tasks_share_their_deletes(make_executor, control):
     ex = make_executor(2)
     list(ex.map(tf.square, range(20)))
     control.reset_requests()
-    for i in range(40):
+    for i in range(45):  # not a multiple of 10: the last deletes wait for no tenth message
         assert ex.submit(tf.square, i).result(timeout=60) == i * i
-    ex.shutdown(wait=True)  # the last deletes are made before the workers and queues go
+    # ... and they are made: soon no message of either queue is left in flight.
+    sqs = ex._clients.client("sqs")
+    settings = ex._session.settings
+    deadline = time.monotonic() + 10
+    for url in (settings.task_queue_url, settings.result_queue_url):
+        while True:
+            attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            left = int(attrs["ApproximateNumberOfMessagesNotVisible"])
+            left += int(attrs["ApproximateNumberOfMessages"])
+            if left == 0:
+                break
+            assert time.monotonic() < deadline, (url, attrs)
+            time.sleep(0.1)
     counts = control.requests()
-    assert counts.get("sqs.SendMessageBatch", 0) >= 80, counts  # one task, one result each
-    assert counts.get("sqs.DeleteMessageBatch", 0) <= 40, counts  # not one per message (80)
+    assert counts.get("sqs.SendMessageBatch", 0) >= 90, counts  # one task, one result each
+    assert counts.get("sqs.DeleteMessageBatch", 0) <= 45, counts  # not one per message (90)
 
 
 def test_two_executors_on_one_stack_do_not_cross_talk(make_executor):
