@@ -55,23 +55,9 @@ class MessageDeleter(threading.Thread):
         self.queue = queue
         self.linger = linger
         self._work: SimpleQueue = SimpleQueue()
-        self._idle = threading.Condition()
-        self._queued = 0
-        self._done = 0
 
     def delete_later(self, receipt: str) -> None:
-        with self._idle:
-            self._queued += 1
         self._work.put(receipt)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every delete asked for so far has been made (or failed); False on
-        timeout. The linger is cut short."""
-        with self._idle:
-            target = self._queued
-        self._work.put(_FLUSH)
-        with self._idle:
-            return self._idle.wait_for(lambda: self._done >= target, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Make the deletes still waiting (for at most ``timeout`` seconds) and end."""
@@ -82,9 +68,8 @@ class MessageDeleter(threading.Thread):
     def run(self) -> None:
         gone = False
         while True:
-            items = gather(self._work, self.linger,
-                           lambda got: got[-1] is _FLUSH or len(got) >= SQS_BATCH_ENTRIES)
-            receipts = [r for r in items if r is not None and r is not _FLUSH]
+            items = gather(self._work, self.linger, lambda got: len(got) >= SQS_BATCH_ENTRIES)
+            receipts = [r for r in items if r is not None]
             if receipts and not gone:
                 try:
                     self.queue.delete(receipts)
@@ -94,12 +79,5 @@ class MessageDeleter(threading.Thread):
                     log.warning("deleting %d finished message(s) failed (they will be "
                                 "received again; their results are duplicates): %s",
                                 len(receipts), exc)
-            with self._idle:
-                self._done += len(receipts)
-                self._idle.notify_all()
             if items[-1] is None:
                 return
-
-
-#: A marker in the work queue: delete now what is waiting.
-_FLUSH = object()

@@ -39,13 +39,7 @@ from .protocol import (
 from .serialization import digest, loads
 from .tasks import TaskTable
 from .threads import ServiceThread, settle
-from .transport import (
-    MessageQueue,
-    PayloadStore,
-    QueueGone,
-    Received,
-    TransportError,
-)
+from .transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
 
 log = logging.getLogger(__name__)
 _futures_log = logging.getLogger("concurrent.futures")

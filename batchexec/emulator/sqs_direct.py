@@ -11,9 +11,9 @@ arriving through a WSGI server as moto's Flask app marks it), the request record
 handling of a ClientError raised by the responder, the (status, headers, body) answer and
 flask-cors's one header, so authorization (IAM enforcement), errors, headers and bodies are
 moto's; an exception in the responder reaches the server as it does from moto's app in debug
-mode (a 500). Only SQS's JSON protocol
-(``POST /`` with ``X-Amz-Target: AmazonSQS.*``: what botocore sends) takes this path; every
-other request, SQS query-protocol calls included, goes to moto's application as before.
+mode (a 500). Only SQS's JSON protocol (``POST /`` with ``X-Amz-Target: AmazonSQS.*``: what
+botocore sends) takes this path; every other request, SQS query-protocol calls included, goes
+to moto's application as before.
 
 Internal API, like speedups.py: tests/test_emulator_server.py checks the names it uses.
 """
