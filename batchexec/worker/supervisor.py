@@ -302,14 +302,13 @@ class Supervisor:
         self.deleter.delete_later(message.receipt)
 
     def _must_hand_back(self, received_at: float) -> bool:
-        """Could the next task outlive the message's 12-hour ceiling or the worker's job?"""
-        held = time.monotonic() - received_at
-        if held + self.settings.max_task_seconds + HAND_BACK_MARGIN_SECONDS > SQS_MAX_VISIBILITY:
-            return True
+        """Could the next task outlive the message's 12-hour ceiling or the worker's job?
+        (Then a worker too old for any task retires.)"""
+        if time.monotonic() <= self._start_deadline(received_at):
+            return False
         if self._too_old_for_a_task():
             self.retiring = True
-            return True
-        return False
+        return True
 
     def _hand_back(self, msg: TaskMessage, tasks: list[_Pending], charged: int) -> None:
         """Put tasks not started back on the queue as new messages (before the original is
@@ -395,7 +394,7 @@ class Supervisor:
                 sent.clear()
         if skipped:
             self._must_hand_back(received_at)  # sets retiring when the worker is too old
-            self._hand_back(msg, [t for t in skipped + list(waiting)], charged)
+            self._hand_back(msg, skipped + list(waiting), charged)
 
     def _runner_lost(self, sent: deque[_Pending], waiting: deque[_Pending],
                      ended: Crashed | TimedOut, charged: int) -> None:  # fmt: skip
@@ -432,9 +431,10 @@ class Supervisor:
             waiting.appendleft(head)
 
     def _start_deadline(self, received_at: float) -> float:
-        """The time.monotonic() after which no task of this message may start (the runner
-        skips one picked up later): the rule of _must_hand_back, for tasks that wait in
-        the runner's channel while the ones before them run."""
+        """The time.monotonic() after which no task of this message may start: it could
+        outlive the message's 12-hour ceiling or the worker's job. The supervisor checks it
+        before sending to an idle runner (_must_hand_back), the runner before starting a
+        task that waited in its channel (it skips one picked up later)."""
         mts = self.settings.max_task_seconds
         return min(received_at + SQS_MAX_VISIBILITY - mts - HAND_BACK_MARGIN_SECONDS,
                    self.started_at + self.settings.job_timeout - mts)
