@@ -195,8 +195,7 @@ class RunnerProcess:
             try:
                 seq = int(fields["seq"])
                 if kind == "result":
-                    replies.append(Finished(bool(fields.get("ok")), data[0] if data else b"",
-                                            float(fields.get("seconds", 0.0)), seq))  # fmt: skip
+                    replies.append(_finished(fields, data, seq))
                 elif kind == "skipped":
                     replies.append(Skipped(seq))
                 else:
@@ -255,8 +254,7 @@ class RunnerProcess:
             got, fields, data = frames[0]
             if got != reply:
                 return self._crashed()
-            return Finished(bool(fields.get("ok")), data[0] if data else b"",
-                            float(fields.get("seconds", 0.0)))  # fmt: skip
+            return _finished(fields, data)
         return ended or self._crashed()
 
     def _exited(self) -> bool:
@@ -310,3 +308,9 @@ def runner_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.pop(SessionSettings.env_name("session_key"), None)
     return env
+
+
+def _finished(fields: dict, data: list[bytes], seq: int = -1) -> Finished:
+    """A "result" or "ready" frame as a Finished outcome."""
+    return Finished(bool(fields.get("ok")), data[0] if data else b"",
+                    float(fields.get("seconds", 0.0)), seq)  # fmt: skip

@@ -148,8 +148,7 @@ class Runner:
         seconds = time.perf_counter() - started
         self.blobs.clear_pending()
         flush_output()  # all the task wrote is in the pipes before its result is sent
-        self.conn.send("result", {"id": task_id, "seq": seq, "ok": ok,
-                                           "seconds": seconds}, data)  # fmt: skip
+        self.conn.send("result", {"id": task_id, "seq": seq, "ok": ok, "seconds": seconds}, data)
 
     def _call(self, task_id: str, digest: str | None, fn_bytes: bytes, args_bytes: bytes):
         try:
