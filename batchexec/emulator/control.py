@@ -96,12 +96,16 @@ class ControlMiddleware:
             fault = next((f for f in self._faults
                           if f.entry is None and f.matches(service, operation)), None)
             if fault is not None:
-                fault.count -= 1
-                if fault.count <= 0:
-                    self._faults.remove(fault)
+                self._spend_locked(fault)
         if fault is not None:
             return error_response(environ, start_response, service, fault)
         return self.app(environ, start_response)
+
+    def _spend_locked(self, fault: Fault) -> None:
+        """One of the fault's ``count`` uses is taken: disarm it after the last."""
+        fault.count -= 1
+        if fault.count <= 0:
+            self._faults.remove(fault)
 
     def _partial(self, environ: dict, start_response: Any, service: str, operation: str) -> Any:
         """An SQS batch call with some entries refused: the rest go through to moto, and the
@@ -120,9 +124,7 @@ class ControlMiddleware:
                         and fault.entry < len(entries) and fault.entry not in refused):
                     refused[fault.entry] = fault
                     self._refused[_entry_key(entries[fault.entry])] = fault
-                    fault.count -= 1
-                    if fault.count <= 0:
-                        self._faults.remove(fault)
+                    self._spend_locked(fault)
         failed = [{"Id": entries[i]["Id"], "SenderFault": f.status < 500, "Code": f.code,
                    "Message": f.message} for i, f in sorted(refused.items())]
         kept = [e for i, e in enumerate(entries) if i not in refused]
