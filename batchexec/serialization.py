@@ -17,6 +17,11 @@ for ProcessPoolExecutor behave the same:
 - Large buffers inside arguments (bytes, bytearray, numpy arrays of BLOB_THRESHOLD bytes or
   more) are pickled apart as content-addressed blobs: the executor uploads each distinct blob
   once per session, however many tasks carry it, and a worker unpickles it once.
+- Smaller array data inside arguments (pickle protocol 5's out-of-band buffers of
+  SHARE_THRESHOLD bytes or more: numpy arrays, and anything else that pickles a PickleBuffer)
+  travels apart from the pickle as raw bytes, so that a message carries each distinct buffer
+  once however many of its tasks pass it (dask hands one chunk to every task that slices it).
+  Each task still gets its own writable copy, as with in-band pickling.
 - Open file objects are refused in every mode: pass the path and open it in the task.
 
 Every failure here becomes a :class:`SerializationError` on the one future concerned (a
@@ -48,6 +53,9 @@ PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Buffers at least this large inside arguments are pickled apart and uploaded once per
 #: session: below it, a second S3 request costs more than resending the bytes.
 BLOB_THRESHOLD = 256 * 1024
+#: Out-of-band buffers (protocol 5) at least this large inside arguments travel apart from the
+#: pickle, once per message: below it the digest that names one costs more than resending it.
+SHARE_THRESHOLD = 4 * 1024
 #: Distinct large buffers a worker keeps unpickled (least recently used go first).
 BLOB_CACHE_SIZE = 8
 #: The module name workers give the client's main script (as multiprocessing's spawn does).
@@ -147,8 +155,9 @@ class _Blob:
 class Pickler(cloudpickle.Pickler):
     """cloudpickle with batchexec's rules (see the module docstring)."""
 
-    def __init__(self, file, *, main_by_reference: bool, extract_blobs: bool):
-        super().__init__(file, protocol=PICKLE_PROTOCOL)
+    def __init__(self, file, *, main_by_reference: bool, extract_blobs: bool,
+                 buffer_callback=None):  # fmt: skip
+        super().__init__(file, protocol=PICKLE_PROTOCOL, buffer_callback=buffer_callback)
         self.main_by_reference = main_by_reference
         self.blobs: dict[str, bytes] = {}
         if extract_blobs:  # a Python call per object: only when asked for
@@ -234,24 +243,43 @@ class _NamespaceRef:
         return shared_namespace, (self.module,)
 
 
-def dumps(obj, what: str, *, blobs: dict[str, bytes] | None = None) -> bytes:
+def dumps(obj, what: str, *, blobs: dict[str, bytes] | None = None,
+          buffers: list[bytes] | None = None) -> bytes:
     """Pickle ``obj`` by batchexec's rules; ``what`` names it in errors ("arguments of task
-    3"). With ``blobs`` given, large buffers are pickled apart into it (digest -> bytes).
+    3"). With ``blobs`` given, large buffers are pickled apart into it (digest -> bytes). With
+    ``buffers`` given, out-of-band buffers of SHARE_THRESHOLD bytes or more are appended to it
+    as bytes (copies: the caller may change its arrays once submit returns), in the order
+    ``loads(..., buffers=)`` takes them back.
 
-    Buffers are looked for only when the whole pickle is large enough to hold one: the
+    Blobs are looked for only when the whole pickle is large enough to hold one: the
     per-object hook costs a Python call per object, which small payloads (most tasks, and
-    dask's many tiny ones) should not pay.
+    dask's many tiny ones) should not pay. Out-of-band buffers cost nothing to look for
+    (pickle calls back only for objects that offer one).
     """
-    data = _dump(obj, what, None)
+    found: list[bytes] = []
+    data = _dump(obj, what, None, found if buffers is not None else None)
     if blobs is not None and len(data) >= BLOB_THRESHOLD:
-        data = _dump(obj, what, blobs)
+        found.clear()
+        data = _dump(obj, what, blobs, found if buffers is not None else None)
+    if buffers is not None:
+        buffers.extend(found)
     return data
 
 
-def _dump(obj, what: str, blobs: dict[str, bytes] | None) -> bytes:
+def _dump(obj, what: str, blobs: dict[str, bytes] | None,
+          buffers: list[bytes] | None = None) -> bytes:  # fmt: skip
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        """pickle's buffer_callback: False sends the buffer out of band (into ``buffers``)."""
+        raw = buffer.raw()  # contiguous: pickle offers no other kind out of band
+        if raw.nbytes < SHARE_THRESHOLD:
+            return True
+        buffers.append(raw.tobytes())
+        return False
+
     buf = io.BytesIO()
     pickler = Pickler(buf, main_by_reference=main_script_path() is not None,
-                      extract_blobs=blobs is not None)
+                      extract_blobs=blobs is not None,
+                      buffer_callback=out_of_band if buffers is not None else None)
     try:
         pickler.dump(obj)
     except SerializationError:
@@ -269,8 +297,8 @@ def _dump(obj, what: str, blobs: dict[str, bytes] | None) -> bytes:
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, blobs):
-        super().__init__(file)
+    def __init__(self, file, blobs, buffers=None):
+        super().__init__(file, buffers=buffers)
         self.blobs = blobs
 
     def persistent_load(self, pid):
@@ -318,12 +346,15 @@ class BlobTable:
 _MISSING = object()
 
 
-def loads(data: bytes, what: str, blobs=None):
-    """Unpickle ``data``; a missing module becomes an error that says how to ship the code."""
+def loads(data: bytes, what: str, blobs=None, buffers=None):
+    """Unpickle ``data``; a missing module becomes an error that says how to ship the code.
+
+    ``buffers`` are the out-of-band buffers ``dumps`` set apart, in its order; pass writable
+    ones (bytearray) for arrays the task may change in place, as in-band ones can be."""
     try:
         if blobs is None:
-            return pickle.loads(data)
-        return _Unpickler(io.BytesIO(data), blobs).load()
+            return pickle.loads(data, buffers=buffers)
+        return _Unpickler(io.BytesIO(data), blobs, buffers).load()
     except ModuleNotFoundError as exc:
         raise SerializationError(
             f"cannot unpickle the {what}: module {exc.name!r} is not importable here. Install "
