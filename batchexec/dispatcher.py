@@ -10,7 +10,13 @@ What goes to S3, and how often:
   deletes the object when the task is resolved;
 - a callable above the inline limit, and every large buffer pickled apart from arguments
   (serialization.BLOB_THRESHOLD): once per session under ``blobs/<digest>``, whatever the
-  number of tasks that use it (a map's large callable is uploaded once, not once a task).
+  number of tasks that use it (a map's large callable is uploaded once, not once a task);
+- an out-of-band buffer of the arguments (serialization.SHARE_THRESHOLD) that does not fit
+  in what is left of the task's inline limit: the same, once per session.
+
+Out-of-band buffers that fit travel in the message's ``bufs``, once per message however many
+of its tasks list them, and count once towards its size: tasks that share an array share its
+bytes (dask gives each chunk to every task that slices it).
 
 A send that SQS partly refuses fails exactly the tasks of the refused entries: the accepted
 ones run and resolve as usual. Nothing here holds a task's data after it is sent.
@@ -116,48 +122,71 @@ class TaskDispatcher(ServiceThread):
         entries: list[TaskEntry] = []
         fns: dict[str, bytes] = {}
         refs: dict[str, str] = {}
+        bufs: dict[str, bytes] = {}
         size = 0
+
+        def message() -> tuple[list, str]:
+            return batch, TaskMessage(self.session, entries, fns, 0, refs, bufs).encode()
+
         for item in items:
             try:
-                entry, item_refs = self._entry(item)
+                entry, item_refs, item_bufs = self._entry(item)
             except TransportError as exc:
                 self._forget(item)
                 settle(item.future, error=exc)
                 continue
             n = protocol.ENTRY_OVERHEAD + (
                 len(entry.ref) if entry.ref else protocol.encoded_len(len(entry.args or b""))
-            ) + 30 * len(entry.blobs)
+            ) + 30 * (len(entry.blobs) + len(entry.buffers))
             inline_fn = entry.fn not in item_refs
             fn_size = protocol.encoded_len(len(item.fn_bytes)) + 32 if inline_fn else 0
             extra = 0 if (entry.fn in fns or entry.fn in refs) else fn_size
             extra += sum(len(k) + len(v) + 8 for k, v in item_refs.items() if k not in refs)
+            extra += sum(_buffer_size(k, v) for k, v in item_bufs.items() if k not in bufs)
             if batch and size + n + extra > protocol.MESSAGE_BODY_LIMIT:
-                out.append((batch, TaskMessage(self.session, entries, fns, 0, refs).encode()))
-                batch, entries, fns, refs, size = [], [], {}, {}, 0
+                out.append(message())
+                batch, entries, fns, refs, bufs, size = [], [], {}, {}, {}, 0
                 extra = fn_size + sum(len(k) + len(v) + 8 for k, v in item_refs.items())
+                extra += sum(_buffer_size(k, v) for k, v in item_bufs.items())
             if inline_fn:
                 fns.setdefault(entry.fn, item.fn_bytes)
             refs.update(item_refs)
+            bufs.update(item_bufs)
             batch.append((item, entry.ref))
             entries.append(entry)
             size += n + extra
         if batch:
-            out.append((batch, TaskMessage(self.session, entries, fns, 0, refs).encode()))
+            out.append(message())
         return out
 
-    def _entry(self, item: WorkItem) -> tuple[TaskEntry, dict[str, str]]:
-        """The task's entry, and the content-addressed S3 objects it refers to."""
+    def _entry(self, item: WorkItem) -> tuple[TaskEntry, dict[str, str], dict[str, bytes]]:
+        """The task's entry, the content-addressed S3 objects it refers to, and the
+        out-of-band buffers that travel in its message.
+
+        Buffers go inline while the task's inline bytes (its arguments when inline, and its
+        buffers) stay within the inline limit, so one task always fits in a message; the
+        rest go to S3, once per session."""
         refs = {}
         if len(item.fn_bytes) > self.inline_limit:
             refs[item.fn_digest] = self._upload_once(item.fn_digest, item.fn_bytes)
         for key, data in item.blobs.items():
             refs[key] = self._upload_once(key, data)
-        blobs = list(item.blobs)
-        if len(item.args_bytes) > self.inline_limit:
+        inline_args = len(item.args_bytes) <= self.inline_limit
+        room = self.inline_limit - (len(item.args_bytes) if inline_args else 0)
+        bufs = {}
+        for key, data in item.buffers.items():
+            if len(data) <= room:
+                bufs[key] = data
+                room -= len(data)
+            else:
+                refs[key] = self._upload_once(key, data)
+        blobs, buffers = list(item.blobs), list(item.buffer_order)
+        if not inline_args:
             ref = self.store.put(f"tasks/{item.task_id}", item.args_bytes)
             return TaskEntry(item.task_id, item.fn_digest, ref=ref, blobs=blobs,
-                             sha=digest(item.args_bytes)), refs
-        return TaskEntry(item.task_id, item.fn_digest, args=item.args_bytes, blobs=blobs), refs
+                             sha=digest(item.args_bytes), buffers=buffers), refs, bufs
+        return TaskEntry(item.task_id, item.fn_digest, args=item.args_bytes, blobs=blobs,
+                         buffers=buffers), refs, bufs
 
     def _upload_once(self, digest: str, data: bytes) -> str:
         """The S3 key of a shared object, uploading it if no outstanding task has."""
@@ -176,3 +205,7 @@ class TaskDispatcher(ServiceThread):
             except TransportError as exc:  # removed with the session's prefix at shutdown
                 log.warning("%s", exc)
 
+
+def _buffer_size(digest: str, data: bytes) -> int:
+    """What an inline buffer adds to its message's body: key, quotes, colon, comma, base64."""
+    return len(digest) + 6 + protocol.encoded_len(len(data))

@@ -271,8 +271,9 @@ class BatchExecutor(Executor):
                 prepared = _pickle_callable(fn, label)
             fn_bytes, fn_digest, fn_blobs = prepared
             blobs = dict(fn_blobs)
+            raw: list[bytes] = []
             args_bytes = dumps((args, kwargs), f"arguments of {label} (task {task_id})",
-                               blobs=blobs)
+                               blobs=blobs, buffers=raw)
         except SerializationError as exc:
             self._table.abandon(future)
             settle(future, error=exc)
@@ -280,7 +281,10 @@ class BatchExecutor(Executor):
         except BaseException:
             self._table.abandon(future)
             raise
-        size = len(fn_bytes) + len(args_bytes) + sum(len(b) for b in blobs.values())
+        buffer_order = tuple(map(digest, raw))
+        buffers = dict(zip(buffer_order, raw, strict=True))
+        size = len(fn_bytes) + len(args_bytes) + sum(len(b) for b in blobs.values()) + sum(
+            map(len, raw))
         if size > self._options.max_payload_size:
             self._table.abandon(future)
             settle(future, error=PayloadTooLargeError(
@@ -290,8 +294,9 @@ class BatchExecutor(Executor):
                 f"max_payload_size"
             ))
             return future
-        item = WorkItem(task_id, future, label, fn_bytes, fn_digest, args_bytes, blobs)
-        del args, kwargs, args_bytes, blobs
+        item = WorkItem(task_id, future, label, fn_bytes, fn_digest, args_bytes, blobs, buffers,
+                        buffer_order)
+        del args, kwargs, args_bytes, blobs, raw, buffers
         if self._table.add(item):
             self._monitor.poke()
         return future

@@ -1,4 +1,4 @@
-"""Wire protocol, version 2: the message records that travel through SQS, and their codec.
+"""Wire protocol, version 3: the message records that travel through SQS, and their codec.
 
 Pure data and encoding, no AWS calls: the transport moves these bodies, the dispatcher and
 worker build them. docs/protocol.md is the prose version of this module; change both at once
@@ -8,22 +8,28 @@ A body is JSON text (SQS bodies are text). Pickled bytes travel base64-encoded i
 S3 under the session's prefix when larger than the inline limit (the SQS extended-client
 pattern); the entry then carries the object key in ``ref`` instead of the bytes.
 
-    task message    {"v":2, "type":"tasks", "session":S, "prior_attempts":N,
+    task message    {"v":3, "type":"tasks", "session":S, "prior_attempts":N,
                      "fns":{digest: b64(cloudpickle(fn))},
-                     "tasks":[{"id":T, "fn":digest, "args":b64(cloudpickle((args, kwargs)))}
-                              | {"id":T, "ref":key}]}          # key holds frame(fn, args)
-    result message  {"v":2, "type":"results", "session":S, "worker":W,
+                     ["bufs":{digest: b64(raw bytes)}], ["refs":{digest: s3 key}],
+                     "tasks":[{"id":T, "fn":digest, "args":b64(cloudpickle((args, kwargs)))
+                               | "ref":key, "sha":digest,
+                               ["blobs":[digest...]], ["bufs":[digest...]]}]}
+    result message  {"v":3, "type":"results", "session":S, "worker":W,
                      "results":[{"id":T, "ok":bool, "s":seconds, "data":b64(...)}
                                 | {"id":T, "ok":bool, "s":seconds, "ref":key}]}
-    output message  {"v":2, "type":"output", "session":S, "worker":W,
+    output message  {"v":3, "type":"output", "session":S, "worker":W,
                      "lines":[{"id":T|null, "stream":"stdout"|"stderr", "text":str}]}
-    worker event    {"v":2, "type":"worker", "session":S, "worker":W, "event":E,
+    worker event    {"v":3, "type":"worker", "session":S, "worker":W, "event":E,
                      ["error":b64(cloudpickle(RemoteException))], ["message":str],
                      ["info":{...}]}
 
-Version 2 (from 1): output messages; worker events "started", "version_mismatch" and
-"protocol_mismatch" with their "message" and "info" fields. A peer that meets another version
-raises ProtocolVersionError, which names both versions.
+Version 3 (from 2): out-of-band buffers. A task's ``bufs`` lists, in pickle order, the
+digests of the raw buffers its arguments were pickled without (serialization.SHARE_THRESHOLD);
+each is in the message's ``bufs`` (inline, once however many of its tasks list it) or
+``refs`` (S3, content-addressed, once per session). Version 2 (from 1): output messages;
+worker events "started", "version_mismatch" and "protocol_mismatch" with their "message" and
+"info" fields. A peer that meets another version raises ProtocolVersionError, which names both
+versions.
 
 ``data`` of an ok result is the pickled return value; of a failed one a pickled
 serialization.RemoteException (exception + traceback text).
@@ -39,7 +45,7 @@ from dataclasses import dataclass, field
 
 from .errors import BatchExecError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: SQS's hard limit on a message body plus attributes (bytes). AWS raised it to 1 MiB in 2025;
 #: 256 KiB is what every SQS-compatible service and the emulator accept.
@@ -114,7 +120,9 @@ class TaskEntry:
     ``refs`` (an S3 key: large callables are uploaded once per session, content-addressed).
     The pickled ``(args, kwargs)`` travel inline in ``args`` or, when large, in S3 at ``ref``
     (deleted once the task is resolved). ``blobs`` lists the digests of large buffers pickled
-    apart from the arguments (persistent ids), each in the message's ``refs``.
+    apart from the arguments (persistent ids), each in the message's ``refs``. ``buffers``
+    lists, in the order unpickling takes them, the digests of the raw out-of-band buffers of
+    the arguments, each in the message's ``bufs`` or ``refs``.
     """
 
     task_id: str
@@ -123,6 +131,7 @@ class TaskEntry:
     ref: str | None = None
     blobs: list[str] = field(default_factory=list)
     sha: str | None = None  # digest of the object at ref: checked before it is unpickled
+    buffers: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d: dict = {"id": self.task_id, "fn": self.fn}
@@ -133,12 +142,18 @@ class TaskEntry:
             d["args"] = b64(self.args or b"")
         if self.blobs:
             d["blobs"] = self.blobs
+        if self.buffers:
+            d["bufs"] = self.buffers
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> TaskEntry:
         return cls(d["id"], d["fn"], unb64(d["args"]) if "args" in d else None, d.get("ref"),
-                   list(d.get("blobs", ())), d.get("sha"))
+                   list(d.get("blobs", ())), d.get("sha"), list(d.get("bufs", ())))
+
+    def shared(self) -> set[str]:
+        """Digests of what this task needs from its message besides its own entry."""
+        return {self.fn, *self.blobs, *self.buffers}
 
 
 @dataclass
@@ -148,6 +163,7 @@ class TaskMessage:
     fns: dict[str, bytes] = field(default_factory=dict)
     prior_attempts: int = 0
     refs: dict[str, str] = field(default_factory=dict)
+    bufs: dict[str, bytes] = field(default_factory=dict)
 
     def encode(self) -> str:
         d = {
@@ -160,14 +176,22 @@ class TaskMessage:
         }
         if self.refs:
             d["refs"] = self.refs
+        if self.bufs:
+            d["bufs"] = {k: b64(v) for k, v in self.bufs.items()}
         return json.dumps(d, separators=(",", ":"))
+
+    def subset(self, entries: list[TaskEntry], prior_attempts: int) -> TaskMessage:
+        """A message holding some of this message's tasks, with just what they need (used
+        to split a failed pack, and to hand tasks back)."""
+        wanted = set().union(*(e.shared() for e in entries))
+        return TaskMessage(self.session, entries,
+                           {k: v for k, v in self.fns.items() if k in wanted}, prior_attempts,
+                           {k: v for k, v in self.refs.items() if k in wanted},
+                           {k: v for k, v in self.bufs.items() if k in wanted})  # fmt: skip
 
     def single(self, entry: TaskEntry, prior_attempts: int) -> TaskMessage:
         """A message holding just one of this message's tasks (used to split a failed pack)."""
-        fns = {entry.fn: self.fns[entry.fn]} if entry.fn in self.fns else {}
-        wanted = {entry.fn, *entry.blobs}
-        refs = {k: v for k, v in self.refs.items() if k in wanted}
-        return TaskMessage(self.session, [entry], fns, prior_attempts, refs)
+        return self.subset([entry], prior_attempts)
 
 
 @dataclass
@@ -333,6 +357,7 @@ def decode(body: str) -> Message:
                 {k: unb64(v) for k, v in d.get("fns", {}).items()},
                 int(d.get("prior_attempts", 0)),
                 dict(d.get("refs", {})),
+                {k: unb64(v) for k, v in d.get("bufs", {}).items()},
             )
         if kind == "results":
             return ResultMessage(

@@ -51,6 +51,9 @@ class WorkItem:
 
     ``blobs`` are the content-addressed payloads the task needs in S3 (a large callable or
     large argument objects): uploaded once per session, whatever the number of tasks.
+    ``buffers`` are the raw out-of-band buffers of its arguments by digest, and
+    ``buffer_order`` their digests in the order unpickling takes them: each travels once per
+    message (or, when large, once per session in S3).
     """
 
     task_id: str
@@ -60,6 +63,8 @@ class WorkItem:
     fn_digest: str
     args_bytes: bytes
     blobs: dict[str, bytes] = field(default_factory=dict)
+    buffers: dict[str, bytes] = field(default_factory=dict)
+    buffer_order: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -68,7 +73,7 @@ class WorkItem:
     @property
     def shared(self) -> tuple[str, ...]:
         """Digests of the content-addressed objects this task may need in S3."""
-        return (self.fn_digest, *self.blobs)
+        return (self.fn_digest, *self.blobs, *self.buffers)
 
 
 @dataclass

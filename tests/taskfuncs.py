@@ -87,5 +87,11 @@ def identity(x):
     return x
 
 
+def bump_and_sum(array, i):
+    """Changes its argument in place: each task must have its own copy of a shared array."""
+    array += i
+    return float(array.sum())
+
+
 def tagged(tag, x):
     return tag, x

@@ -182,6 +182,13 @@ def test_payloads_live_only_as_long_as_needed(make_executor, control):
     puts = control.requests().get("s3.PutObject", 0) + control.requests().get(
         "s3.CreateMultipartUpload", 0)
     assert puts == 1, control.requests()
+    # A 100 KB array (above the inline limit, below a blob) passed to 20 tasks: uploaded once.
+    np = pytest.importorskip("numpy")
+    array = np.arange(12_800.0)
+    control.reset_requests()
+    assert list(ex.map(tf.bump_and_sum, [array] * 20, range(20))) == [
+        array.sum() + i * array.size for i in range(20)]
+    assert control.requests().get("s3.PutObject", 0) == 1, control.requests()
     deadline = time.monotonic() + 10
     while objects() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+import pytest
 import taskfuncs as tf
 
 from batchexec import BatchExecutor, PayloadTooLargeError, SerializationError
@@ -57,6 +58,22 @@ def test_payload_above_inline_limit_goes_through_s3(make_executor, control):
     assert big_result == blob
     counts = control.requests()
     assert counts.get("s3.PutObject", 0) >= 3, counts  # 2 task payloads, 1 result
+
+
+def test_tasks_passing_one_array_share_its_bytes_and_each_gets_its_own_copy(make_executor):
+    np = pytest.importorskip("numpy")
+    ex = make_executor(1)
+    sent = []
+    ex._clients.client("sqs").meta.events.register(
+        "before-send.sqs.SendMessageBatch", lambda request, **_: sent.append(len(request.body)))
+    shared = np.random.default_rng(0).random(5000)  # 40 KB: inline, out of band
+    n = 40
+    results = list(ex.map(tf.bump_and_sum, [shared] * n, range(n)))
+    assert results == pytest.approx([shared.sum() + i * shared.size for i in range(n)])
+    assert shared.sum() == pytest.approx(results[0])  # the client's array is untouched
+    # Each message carries the array once, however many of its tasks pass it: well under
+    # what n inline copies would cost (base64 makes each 4/3 of its size).
+    assert sum(sent) < 0.5 * n * shared.nbytes * 4 / 3, (len(sent), sum(sent))
 
 
 def test_payload_above_max_payload_size_is_rejected_at_once(make_executor):

@@ -19,7 +19,7 @@ from batchexec.errors import (
     WorkersUnavailableError,
 )
 from batchexec.protocol import ResultEntry, ResultMessage, TaskEntry, TaskMessage, WorkerEvent
-from batchexec.serialization import digest, dumps, dumps_exception, loads
+from batchexec.serialization import SHARE_THRESHOLD, digest, dumps, dumps_exception, loads
 from batchexec.tasks import INITIAL_PACK, MAX_PACK, TaskTable, WorkItem
 from batchexec.threads import ServiceThread
 
@@ -42,6 +42,15 @@ def test_task_message_round_trip():
     assert back == msg
 
 
+def test_task_message_with_buffers_round_trip():
+    msg = TaskMessage("s1", [TaskEntry("1", fn="d", args=b"a", buffers=["b1", "b2", "b1"]),
+                             TaskEntry("2", fn="d", ref="k", sha="h", buffers=["b3"])],
+                      {"d": b"pickled"}, refs={"b3": "s/blobs/b3"},
+                      bufs={"b1": b"\x00" * 10, "b2": b"\xff\x01"})
+    back = protocol.decode(msg.encode())
+    assert back == msg
+
+
 def test_result_and_event_round_trip():
     msg = ResultMessage("s", "w:0", [ResultEntry("1", True, 0.5, data=b"x"),
                                      ResultEntry("2", False, 1.0, ref="key")])
@@ -58,7 +67,7 @@ def test_other_versions_and_garbage_are_clear_errors():
     with pytest.raises(protocol.ProtocolError, match="not JSON"):
         protocol.decode("hello")
     with pytest.raises(protocol.ProtocolError, match="malformed"):
-        protocol.decode('{"v": 2, "type": "tasks"}')
+        protocol.decode(json.dumps({"v": protocol.PROTOCOL_VERSION, "type": "tasks"}))
 
 
 def test_single_keeps_only_its_callable():
@@ -74,6 +83,17 @@ def test_single_keeps_only_its_references():
                       {"a": b"A"}, refs={"b": "k/b", "x": "k/x", "y": "k/y"})
     one = msg.single(msg.tasks[1], prior_attempts=0)
     assert one.fns == {} and one.refs == {"b": "k/b", "y": "k/y"}
+
+
+def test_subset_keeps_only_the_buffers_its_tasks_list():
+    msg = TaskMessage("s", [TaskEntry("1", fn="a", args=b"", buffers=["x", "y"]),
+                            TaskEntry("2", fn="a", args=b"", buffers=["y"]),
+                            TaskEntry("3", fn="a", args=b"", buffers=["z"])],
+                      {"a": b"A"}, refs={"z": "k/z"}, bufs={"x": b"X", "y": b"Y"})
+    two = msg.subset(msg.tasks[1:], prior_attempts=3)
+    assert two.bufs == {"y": b"Y"} and two.refs == {"z": "k/z"} and two.fns == {"a": b"A"}
+    assert two.tasks == msg.tasks[1:] and two.prior_attempts == 3
+    assert msg.single(msg.tasks[0], 0).bufs == {"x": b"X", "y": b"Y"}
 
 
 def test_packing_starts_small_then_follows_task_duration():
@@ -144,6 +164,90 @@ def test_dispatcher_splits_messages_under_the_size_limit():
         assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT
         msg = protocol.decode(body)
         assert len(msg.fns) == 1 and [t.task_id for t in msg.tasks] == [b.task_id for b, _ in batch]
+
+
+def _array_item(i, *arrays, args_pad=0):
+    """A WorkItem pickled as the executor does: out-of-band buffers apart, by digest."""
+    raw = []
+    args = dumps(((*arrays, b"p" * args_pad), {}), "arguments", blobs={}, buffers=raw)
+    order = tuple(map(digest, raw))
+    return WorkItem(str(i), Future(), "f", b"fn", digest(b"fn"), args, {},
+                    dict(zip(order, raw, strict=True)), order)
+
+
+def test_dispatcher_sends_a_buffer_its_tasks_share_once_per_message():
+    np = pytest.importorskip("numpy")
+    table = TaskTable(credits=10)
+    d = TaskDispatcher(table, queue=None, store=None, session="s", inline_limit=64 * 1024,
+                       on_broken=pytest.fail)
+    chunk = np.random.default_rng(0).random((50, 50))  # 20 KB, as a dask chunk
+    own = [np.full((40, 40), float(i)) for i in range(9)]
+    items = [_array_item(i, chunk, own[i]) for i in range(9)]
+    (batch, body), = d._encode(items)  # nine 33 KB tasks share one message: 20 KB is sent once
+    assert len(body.encode()) < 9 * 4 / 3 * own[0].nbytes + 4 / 3 * chunk.nbytes + 4096
+    msg = protocol.decode(body)
+    assert set(msg.bufs) == {items[0].buffer_order[0], *(it.buffer_order[1] for it in items)}
+    for it, entry in zip(items, msg.tasks, strict=True):
+        assert entry.buffers == list(it.buffer_order)
+        (got_chunk, got_own, _), _ = loads(entry.args, "arguments", None,
+                                           [bytearray(msg.bufs[k]) for k in entry.buffers])
+        assert np.array_equal(got_chunk, chunk) and np.array_equal(got_own, own[int(it.task_id)])
+    # A buffer that would take the task past the inline limit goes to S3 once per session.
+    store = _RecordingStore()
+    d = TaskDispatcher(table, queue=None, store=store, session="s", inline_limit=15_000,
+                       on_broken=pytest.fail)
+    items = [_array_item(i, chunk, own[i]) for i in range(3)]
+    out = d._encode(items)
+    assert store.puts == [f"blobs/{items[0].buffer_order[0]}-1"]
+    for _, body in out:
+        msg = protocol.decode(body)
+        assert items[0].buffer_order[0] in msg.refs and items[0].buffer_order[0] not in msg.bufs
+        assert all(it.buffer_order[1] in msg.bufs for it, _ in out[0][0])
+
+
+def test_dispatcher_never_packs_past_the_message_limit_with_buffers():
+    np = pytest.importorskip("numpy")
+    table = TaskTable(credits=10)
+    d = TaskDispatcher(table, queue=None, store=_RecordingStore(), session="s",
+                       inline_limit=128 * 1024, on_broken=pytest.fail)
+    rng = np.random.default_rng(1)
+    items = [_array_item(i, rng.random(6000), rng.random(6000), args_pad=30_000)
+             for i in range(12)]  # 96 KB of buffers and 30 KB of arguments each: one a message
+    out = d._encode(items)
+    assert sum(len(batch) for batch, _ in out) == 12
+    for _, body in out:
+        assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT
+
+
+class _RecordingStore:
+    def __init__(self):
+        self.puts = []
+
+    def put(self, key, data):
+        self.puts.append(key)
+        return key
+
+
+def test_out_of_band_buffers_are_set_apart_in_order_and_come_back_writable():
+    np = pytest.importorskip("numpy")
+    a = np.arange(1000.0)  # 8 KB: set apart
+    small = np.arange(10.0)  # 80 bytes: stays in the pickle
+    strided = np.arange(2000.0)[::2]  # not contiguous: stays in the pickle
+    fortran = np.asfortranarray(np.ones((40, 30)))
+    raw = []
+    data = dumps(((a, small, a, strided, fortran), {}), "arguments", buffers=raw)
+    assert [len(b) for b in raw] == [a.nbytes, fortran.nbytes]  # `a` twice: pickled once
+    assert len(data) < strided.nbytes + 1024  # the buffers set apart are not also in it
+    (back, _) = loads(data, "arguments", None, [bytearray(b) for b in raw])
+    assert back[0] is back[2] and back[3].tolist() == strided.tolist()
+    assert np.array_equal(back[4], fortran) and back[4].flags.f_contiguous
+    back[0][0] = 42.0  # writable, as an array pickled in band is
+    assert a[0] == 0.0
+    raw = []
+    dumps(np.zeros(SHARE_THRESHOLD // 8 - 1), "arguments", buffers=raw)
+    assert raw == []
+    with pytest.raises(SerializationError, match="out-of-band"):
+        loads(dumps(a, "arguments", buffers=[]), "arguments")  # buffers missing
 
 
 def test_session_settings_round_trip_through_environment():

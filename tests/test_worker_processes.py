@@ -260,15 +260,17 @@ def test_a_sigkilled_supervisor_takes_its_runner_along(direct, tmp_path):
 def test_the_first_message_is_started_and_protocol_mismatches_are_reported(direct, tmp_path):
     direct.start(1)
     body = TaskMessage(direct.session, [TaskEntry("old", fn="d", args=b"")],
-                       {"d": cloudpickle.dumps(wf.record)}).encode().replace('"v":2', '"v":1')
+                       {"d": cloudpickle.dumps(wf.record)}).encode()
+    body = body.replace(f'"v":{protocol.PROTOCOL_VERSION}', '"v":1')
     direct.tasks.send([body], direct.session)
     direct.poll(lambda s: any(isinstance(m, WorkerEvent) and m.event == "protocol_mismatch"
                               for m in s.messages))  # fmt: skip
     first = direct.messages[0]
     assert isinstance(first, WorkerEvent) and first.event == "started"
-    assert first.info["protocol"] == 2 and first.info["cloudpickle"] == cloudpickle.__version__
+    assert first.info["protocol"] == protocol.PROTOCOL_VERSION
+    assert first.info["cloudpickle"] == cloudpickle.__version__
     (event,) = [m for m in direct.messages if getattr(m, "event", "") == "protocol_mismatch"]
-    assert "version 1" in event.message and "version 2" in event.message
+    assert "version 1" in event.message and f"version {protocol.PROTOCOL_VERSION}" in event.message
 
 
 def test_a_task_past_max_task_seconds_fails_once_and_is_not_redelivered(direct, tmp_path):

@@ -294,12 +294,13 @@ def test_a_worker_too_old_for_another_task_hands_the_rest_back_and_exits(worker,
 
 def test_another_protocol_version_is_reported_and_dead_lettered_unexecuted(worker, tmp_path):
     good = message(call(wf.record, "x", str(tmp_path)))
-    old = good.body.replace('"v":2', '"v":1')
+    old = good.body.replace(f'"v":{protocol.PROTOCOL_VERSION}', '"v":1')
     code, _, tasks, results, dead = worker([Received(old, "r9", "m9", 1, {})])
     events = [m for m in results.decoded() if isinstance(m, WorkerEvent)]
     mismatch = [e for e in events if e.event == WorkerEvent.PROTOCOL_MISMATCH]
     assert len(mismatch) == 1
-    assert "version 1" in mismatch[0].message and "version 2" in mismatch[0].message
+    assert "version 1" in mismatch[0].message and (
+        f"version {protocol.PROTOCOL_VERSION}" in mismatch[0].message)
     assert [b for _, b in dead.sent] == [old] and tasks.deleted == ["r9"]
     assert wf.runs(str(tmp_path), "x") == []
 

@@ -7,9 +7,10 @@ code, and a pickle runs code when loaded), so user pickles travel as opaque blob
 the runner opens.
 
     supervisor ──▶ runner   "init"    {main_path}            blobs: [script source, initializer]
-                            "task"    {id, seq, digest, blobs, not_after}
+                            "task"    {id, seq, digest, blobs, buffers, not_after}
                                                              blobs: [pickled fn, pickled args,
-                                                                     large buffers...]
+                                                                     large buffers...,
+                                                                     out-of-band buffers...]
     runner ──▶ supervisor   "ready"   {ok}                   blobs: [pickled RemoteException]?
                             "result"  {id, seq, ok, seconds} blobs: [pickled value | exception]
                             "skipped" {id, seq}

@@ -161,15 +161,18 @@ class RunnerProcess:
 
     def send_task(self, seq: int, task_id: str, digest: str | None, fn: bytes, args: bytes,
                   blobs: dict[str, bytes] | None = None,
-                  not_after: float | None = None) -> None:  # fmt: skip
+                  not_after: float | None = None,
+                  buffers: list[bytes] | None = None) -> None:  # fmt: skip
         """Queue one task behind those sent before (written by the next ``flush``, so that
         tasks sent together cost one write). ``blobs`` maps the digests of the large buffers
-        its arguments refer to onto their pickled bytes; ``not_after``: the time.monotonic()
-        after which the runner must not start it (it replies Skipped)."""
+        its arguments refer to onto their pickled bytes; ``buffers`` are the raw out-of-band
+        buffers of its arguments, in pickle order; ``not_after``: the time.monotonic() after
+        which the runner must not start it (it replies Skipped)."""
         blobs = blobs or {}
+        buffers = buffers or []
         head = {"id": task_id, "seq": seq, "digest": digest, "blobs": list(blobs),
-                "not_after": not_after}  # fmt: skip
-        pieces = channel.frame("task", head, fn, args, *blobs.values())
+                "buffers": len(buffers), "not_after": not_after}  # fmt: skip
+        pieces = channel.frame("task", head, fn, args, *blobs.values(), *buffers)
         self._unanswered.append(sum(map(len, pieces)))
         self._outgoing += pieces
 

@@ -137,23 +137,31 @@ class Runner:
         if not_after is not None and time.monotonic() > not_after:
             self.conn.send("skipped", {"id": task_id, "seq": seq})
             return
-        fn_bytes, args_bytes, *shared = blobs
-        for key, data in zip(head.get("blobs", ()), shared, strict=True):
+        fn_bytes, args_bytes, *rest = blobs
+        keys = head.get("blobs", ())
+        shared, buffers = rest[: len(keys)], rest[len(keys) :]
+        if len(buffers) != head.get("buffers", 0):
+            raise SystemExit(f"batchexec runner: a task frame with {len(rest)} buffers for {head}")
+        for key, data in zip(keys, shared, strict=True):
             if data:
                 self.blobs.add(key, data)
         flush_output()  # what a leaked thread wrote goes before the mark: between tasks
         write_mark(boundary_mark(self.token, seq))
         started = time.perf_counter()
-        ok, data = self._call(task_id, head.get("digest"), fn_bytes, args_bytes)
+        ok, data = self._call(task_id, head.get("digest"), fn_bytes, args_bytes, buffers)
         seconds = time.perf_counter() - started
         self.blobs.clear_pending()
         flush_output()  # all the task wrote is in the pipes before its result is sent
         self.conn.send("result", {"id": task_id, "seq": seq, "ok": ok, "seconds": seconds}, data)
 
-    def _call(self, task_id: str, digest: str | None, fn_bytes: bytes, args_bytes: bytes):
+    def _call(self, task_id: str, digest: str | None, fn_bytes: bytes, args_bytes: bytes,
+              buffers: list[bytes]):  # fmt: skip
         try:
             fn = self._function(digest, fn_bytes, task_id)
-            args, kwargs = loads(args_bytes, f"arguments of task {task_id}", self.blobs)
+            # Writable copies: a task may change an array argument in place, as it can one
+            # pickled in band; tasks sharing a buffer each get their own.
+            args, kwargs = loads(args_bytes, f"arguments of task {task_id}", self.blobs,
+                                 [bytearray(b) for b in buffers])
         except SerializationError as exc:
             return False, dumps_exception(exc)
         try:

@@ -317,10 +317,7 @@ class Supervisor:
         log.info("handing %d task(s) back to the queue for another worker", len(tasks))
         for crashes in sorted({t.crashes for t in tasks}):
             entries = [t.entry for t in tasks if t.crashes == crashes]
-            wanted = {e.fn for e in entries} | {b for e in entries for b in e.blobs}
-            fns = {k: v for k, v in msg.fns.items() if k in wanted}
-            refs = {k: v for k, v in msg.refs.items() if k in wanted}
-            body = TaskMessage(msg.session, entries, fns, charged + crashes, refs).encode()
+            body = msg.subset(entries, charged + crashes).encode()
             self.tasks.send([body], self.settings.session)
 
     def _dead_letter(self, message: Received) -> None:
@@ -357,8 +354,9 @@ class Supervisor:
                                                             dumps_exception(exc), 0.0))
                         continue
                 runner = self._ensure_runner()
-                digest, fn_bytes, args_bytes, blobs = task.payload
-                size = len(fn_bytes) + len(args_bytes) + sum(map(len, blobs.values()))
+                digest, fn_bytes, args_bytes, blobs, buffers = task.payload
+                size = (len(fn_bytes) + len(args_bytes) + sum(map(len, blobs.values()))
+                        + sum(map(len, buffers)))
                 if not runner.fits_ahead(size):
                     break
                 waiting.popleft()
@@ -366,7 +364,7 @@ class Supervisor:
                 task.seq, task.sent_at = self._seq, time.monotonic()
                 self.capture.expect(task.seq, task.entry.task_id)
                 runner.send_task(task.seq, task.entry.task_id, digest, fn_bytes, args_bytes,
-                                 blobs, not_after)  # fmt: skip
+                                 blobs, not_after, buffers)  # fmt: skip
                 sent.append(task)
             if not sent:
                 continue
@@ -440,10 +438,10 @@ class Supervisor:
                    self.started_at + self.settings.job_timeout - mts)
 
     def _payload(self, msg: TaskMessage, entry: TaskEntry):
-        """The task's pickled callable, arguments and large buffers, as bytes (never
-        unpickled here): from the message, or from S3 (content-addressed objects are checked
-        against their digest and kept in a small cache, so a map's large callable is
-        downloaded once per worker)."""
+        """The task's pickled callable, arguments and large buffers, and the raw
+        out-of-band buffers of its arguments, as bytes (never unpickled here): from the
+        message, or from S3 (content-addressed objects are checked against their digest and
+        kept in a small cache, so a map's large callable is downloaded once per worker)."""
         if entry.fn in msg.fns:
             fn_bytes = msg.fns[entry.fn]
         elif entry.fn in msg.refs:
@@ -466,7 +464,16 @@ class Supervisor:
                 raise protocol.ProtocolError(f"task {entry.task_id} needs buffer {key!r}, "
                                              f"which its message does not locate")
             blobs[key] = self._shared(key, msg.refs[key])
-        return entry.fn, fn_bytes, args_bytes, blobs
+        buffers = []
+        for key in entry.buffers:
+            if key in msg.bufs:
+                buffers.append(msg.bufs[key])
+            elif key in msg.refs:
+                buffers.append(self._shared(key, msg.refs[key]))
+            else:
+                raise protocol.ProtocolError(f"task {entry.task_id} needs buffer {key!r}, "
+                                             f"which its message does not carry")
+        return entry.fn, fn_bytes, args_bytes, blobs, buffers
 
     def _shared(self, digest: str, key: str) -> bytes:
         data = self._downloads.get(digest)
