@@ -17,11 +17,11 @@ for ProcessPoolExecutor behave the same:
 - Large buffers inside arguments (bytes, bytearray, numpy arrays of BLOB_THRESHOLD bytes or
   more) are pickled apart as content-addressed blobs: the executor uploads each distinct blob
   once per session, however many tasks carry it, and a worker unpickles it once.
-- Smaller array data inside arguments (pickle protocol 5's out-of-band buffers of
-  SHARE_THRESHOLD bytes or more: numpy arrays, and anything else that pickles a PickleBuffer)
-  travels apart from the pickle as raw bytes, so that a message carries each distinct buffer
-  once however many of its tasks pass it (dask hands one chunk to every task that slices it).
-  Each task still gets its own writable copy, as with in-band pickling.
+- Smaller array data inside arguments (pickle protocol 5's out-of-band buffers from
+  SHARE_THRESHOLD up to BLOB_THRESHOLD bytes: numpy arrays, and anything else that pickles a
+  PickleBuffer) travels apart from the pickle as raw bytes, so that a message carries each
+  distinct buffer once however many of its tasks pass it (dask hands one chunk to every task
+  that slices it). Each task still gets its own writable copy, as with in-band pickling.
 - Open file objects are refused in every mode: pass the path and open it in the task.
 
 Every failure here becomes a :class:`SerializationError` on the one future concerned (a
@@ -247,9 +247,9 @@ def dumps(obj, what: str, *, blobs: dict[str, bytes] | None = None,
           buffers: list[bytes] | None = None) -> bytes:
     """Pickle ``obj`` by batchexec's rules; ``what`` names it in errors ("arguments of task
     3"). With ``blobs`` given, large buffers are pickled apart into it (digest -> bytes). With
-    ``buffers`` given, out-of-band buffers of SHARE_THRESHOLD bytes or more are appended to it
-    as bytes (copies: the caller may change its arrays once submit returns), in the order
-    ``loads(..., buffers=)`` takes them back.
+    ``buffers`` given, out-of-band buffers from SHARE_THRESHOLD up to BLOB_THRESHOLD bytes are
+    appended to it as bytes (copies: the caller may change its arrays once submit returns), in
+    the order ``loads(..., buffers=)`` takes them back.
 
     Blobs are looked for only when the whole pickle is large enough to hold one: the
     per-object hook costs a Python call per object, which small payloads (most tasks, and
@@ -271,8 +271,8 @@ def _dump(obj, what: str, blobs: dict[str, bytes] | None,
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         """pickle's buffer_callback: False sends the buffer out of band (into ``buffers``)."""
         raw = buffer.raw()  # contiguous: pickle offers no other kind out of band
-        if raw.nbytes < SHARE_THRESHOLD:
-            return True
+        if not SHARE_THRESHOLD <= raw.nbytes < BLOB_THRESHOLD:
+            return True  # small ones stay in the pickle, large ones become blobs
         buffers.append(raw.tobytes())
         return False
 

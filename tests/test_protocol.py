@@ -19,7 +19,15 @@ from batchexec.errors import (
     WorkersUnavailableError,
 )
 from batchexec.protocol import ResultEntry, ResultMessage, TaskEntry, TaskMessage, WorkerEvent
-from batchexec.serialization import SHARE_THRESHOLD, digest, dumps, dumps_exception, loads
+from batchexec.serialization import (
+    BLOB_THRESHOLD,
+    SHARE_THRESHOLD,
+    BlobTable,
+    digest,
+    dumps,
+    dumps_exception,
+    loads,
+)
 from batchexec.tasks import INITIAL_PACK, MAX_PACK, TaskTable, WorkItem
 from batchexec.threads import ServiceThread
 
@@ -246,6 +254,14 @@ def test_out_of_band_buffers_are_set_apart_in_order_and_come_back_writable():
     raw = []
     dumps(np.zeros(SHARE_THRESHOLD // 8 - 1), "arguments", buffers=raw)
     assert raw == []
+    blobs, large = {}, np.arange(BLOB_THRESHOLD // 8)
+    data = dumps(((large, a), {}), "arguments", blobs=blobs, buffers=raw)
+    assert len(blobs) == 1 and [len(b) for b in raw] == [a.nbytes]  # large: a blob, as before
+    table = BlobTable()
+    for key, pickled in blobs.items():
+        table.add(key, pickled)
+    (back, _) = loads(data, "arguments", table, [bytearray(b) for b in raw])
+    assert np.array_equal(back[0], large) and np.array_equal(back[1], a)
     with pytest.raises(SerializationError, match="out-of-band"):
         loads(dumps(a, "arguments", buffers=[]), "arguments")  # buffers missing
 
