@@ -32,7 +32,7 @@ from batchexec.protocol import (
     TaskMessage,
     WorkerEvent,
 )
-from batchexec.serialization import digest, loads
+from batchexec.serialization import digest, dumps, loads
 from batchexec.transport import Received, TransportError
 from batchexec.worker import worker_id
 from batchexec.worker.supervisor import Supervisor
@@ -101,6 +101,20 @@ def message(*calls, prior=0, receive_count=1, receipt="r1", ids=None):
         entries.append(TaskEntry(ids[i] if ids else str(i), fn=d, args=args))
     body = TaskMessage("s", entries, fns, prior).encode()
     return Received(body, receipt, f"m-{receipt}", receive_count, {})
+
+
+def array_message(*calls):
+    """A task message whose calls' array arguments travel out of band, as the client sends
+    them: each distinct buffer once in the message's ``bufs``."""
+    fns, entries, bufs = {}, [], {}
+    for i, (fn, *args) in enumerate(calls):
+        fn_bytes, raw = cloudpickle.dumps(fn), []
+        data = dumps((args, {}), "arguments", buffers=raw)
+        fns[digest(fn_bytes)] = fn_bytes
+        bufs.update({digest(b): b for b in raw})
+        entries.append(TaskEntry(str(i), fn=digest(fn_bytes), args=data,
+                                 buffers=[digest(b) for b in raw]))
+    return Received(TaskMessage("s", entries, fns, 0, bufs=bufs).encode(), "r1", "m-r1", 1, {})
 
 
 @pytest.fixture
@@ -290,6 +304,29 @@ def test_a_worker_too_old_for_another_task_hands_the_rest_back_and_exits(worker,
         e.fn for e in handed_back.tasks}
     assert tasks.deleted == ["r1"]
     assert wf.runs(log, "b") == []
+
+
+def test_tasks_sharing_a_buffer_each_get_their_own_copy_and_hand_backs_keep_it(worker,
+                                                                              tmp_path):
+    np = pytest.importorskip("numpy")
+    import taskfuncs as tf
+
+    shared, other = np.arange(1000.0), np.ones(2000)
+    code, _, _, results, _ = worker([array_message(
+        (tf.bump_and_sum, shared, 1), (tf.bump_and_sum, shared, 2), (tf.bump_and_sum, other, 3))])
+    assert results_of(results) == {"0": (True, shared.sum() + 1000),
+                                   "1": (True, shared.sum() + 2000), "2": (True, 2000.0 + 6000)}
+    log = str(tmp_path)
+    msg = array_message((wf.record, "a", log, 1.5), (tf.bump_and_sum, shared, 1),
+                        (tf.bump_and_sum, other, 2), (tf.bump_and_sum, shared, 3))
+    code, sup, tasks, results, _ = worker([msg], max_task_seconds=2, job_timeout=3.5,
+                                          idle_timeout=30)
+    assert code == 0 and sup.retiring and results_of(results) == {"0": (True, "a")}
+    (back,) = tasks.decoded()
+    assert [t.task_id for t in back.tasks] == ["1", "2", "3"]
+    assert back.bufs == {digest(shared.tobytes()): shared.tobytes(),
+                         digest(other.tobytes()): other.tobytes()}
+    assert back.tasks[0].buffers == back.tasks[2].buffers == [digest(shared.tobytes())]
 
 
 def test_another_protocol_version_is_reported_and_dead_lettered_unexecuted(worker, tmp_path):
