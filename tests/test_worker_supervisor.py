@@ -329,6 +329,23 @@ def test_tasks_sharing_a_buffer_each_get_their_own_copy_and_hand_backs_keep_it(w
     assert back.tasks[0].buffers == back.tasks[2].buffers == [digest(shared.tobytes())]
 
 
+def test_a_task_whose_buffer_or_callable_is_missing_fails_alone_with_a_protocol_error(worker):
+    np = pytest.importorskip("numpy")
+    import taskfuncs as tf
+
+    msg = protocol.decode(array_message((tf.bump_and_sum, np.arange(1000.0), 1),
+                                        (tf.bump_and_sum, np.ones(1000), 2)).body)
+    lost = TaskEntry("2", fn="nowhere", args=msg.tasks[0].args)
+    msg.bufs.pop(msg.tasks[0].buffers[0])
+    msg.tasks.append(lost)
+    code, _, tasks, results, _ = worker([Received(msg.encode(), "r1", "m-r1", 1, {})])
+    got = results_of(results)
+    assert got["1"] == (True, 1000.0 + 2000)
+    assert not got["0"][0] and "needs buffer" in str(got["0"][1])
+    assert not got["2"][0] and "names callable 'nowhere'" in str(got["2"][1])
+    assert tasks.deleted == ["r1"]
+
+
 def test_another_protocol_version_is_reported_and_dead_lettered_unexecuted(worker, tmp_path):
     good = message(call(wf.record, "x", str(tmp_path)))
     old = good.body.replace(f'"v":{protocol.PROTOCOL_VERSION}', '"v":1')
