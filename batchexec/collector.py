@@ -46,10 +46,15 @@ _futures_log = logging.getLogger("concurrent.futures")
 
 #: Consecutive failed polls (each already retried by botocore) before the executor gives up.
 MAX_POLL_FAILURES = 5
-#: A dead-lettered message of another live session is hidden from us this long: short, because
-#: its owner's watcher only sees it once it is visible again; long enough that we do not
-#: receive it over and over while the owner claims it.
-FOREIGN_HIDE_SECONDS = 10
+#: A dead-lettered message of another live session is made visible again this many seconds
+#: after we received it: none. Its owner's watcher only sees it while it is visible, and
+#: watchers poll on the same period: a hide of any fixed length ends just before the hider's
+#: next poll (it received the message a poll earlier), so the hider received it again each
+#: time and the owner almost never did (a 180 s test timed out, its shutdown waited for
+#: ever). Visible at once, it is out of its owner's sight only for the milliseconds another
+#: watcher holds it. The price is one ChangeMessageVisibility per foreign message per poll,
+#: while we have tasks outstanding and the owner has not yet claimed it.
+FOREIGN_HIDE_SECONDS = 0
 #: ... and of a session that has ended, this long: it stays in the queue for operators to
 #: inspect until its retention period ends. SQS counts a message's 12-hour visibility limit from
 #: the receive, not from this call, so asking for the full 43,200 s a moment after receiving is
