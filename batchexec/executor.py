@@ -54,7 +54,7 @@ from .errors import (
 )
 from .launcher import BatchLauncher, WorkerMonitor
 from .mapping import chunks, map_results, run_chunk
-from .serialization import describe, digest, dumps, main_script_path
+from .serialization import describe, digest, dumps, dumps_apart, main_script_path
 from .session import Session, SessionHeartbeat
 from .tasks import NotAccepted, TaskTable, WorkItem
 from .threads import TaskFuture, settle
@@ -271,9 +271,8 @@ class BatchExecutor(Executor):
                 prepared = _pickle_callable(fn, label)
             fn_bytes, fn_digest, fn_blobs = prepared
             blobs = dict(fn_blobs)
-            raw: list[bytes] = []
-            args_bytes = dumps((args, kwargs), f"arguments of {label} (task {task_id})",
-                               blobs=blobs, buffers=raw)
+            args_bytes, buffers, buffer_order = dumps_apart(
+                (args, kwargs), f"arguments of {label} (task {task_id})", blobs=blobs)
         except SerializationError as exc:
             self._table.abandon(future)
             settle(future, error=exc)
@@ -281,10 +280,8 @@ class BatchExecutor(Executor):
         except BaseException:
             self._table.abandon(future)
             raise
-        buffer_order = tuple(map(digest, raw))
-        buffers = dict(zip(buffer_order, raw, strict=True))
         size = len(fn_bytes) + len(args_bytes) + sum(len(b) for b in blobs.values()) + sum(
-            map(len, raw))
+            map(len, buffers.values()))
         if size > self._options.max_payload_size:
             self._table.abandon(future)
             settle(future, error=PayloadTooLargeError(
@@ -296,7 +293,7 @@ class BatchExecutor(Executor):
             return future
         item = WorkItem(task_id, future, label, fn_bytes, fn_digest, args_bytes, blobs, buffers,
                         buffer_order)
-        del args, kwargs, args_bytes, blobs, raw, buffers
+        del args, kwargs, args_bytes, blobs, buffers
         if self._table.add(item):
             self._monitor.poke()
         return future

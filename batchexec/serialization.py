@@ -256,14 +256,25 @@ def dumps(obj, what: str, *, blobs: dict[str, bytes] | None = None,
     dask's many tiny ones) should not pay. Out-of-band buffers cost nothing to look for
     (pickle calls back only for objects that offer one).
     """
-    found: list[bytes] = []
-    data = _dump(obj, what, None, found if buffers is not None else None)
+    found = [] if buffers is not None else None
+    data = _dump(obj, what, None, found)
     if blobs is not None and len(data) >= BLOB_THRESHOLD:
-        found.clear()
-        data = _dump(obj, what, blobs, found if buffers is not None else None)
-    if buffers is not None:
+        found = [] if buffers is not None else None
+        data = _dump(obj, what, blobs, found)
+    if found:
         buffers.extend(found)
     return data
+
+
+def dumps_apart(obj, what: str, *, blobs: dict[str, bytes] | None = None
+                ) -> tuple[bytes, dict[str, bytes], tuple[str, ...]]:  # fmt: skip
+    """``dumps`` with the out-of-band buffers set apart and named by digest, as a task's
+    arguments travel: (pickle, buffers by digest, their digests in the order ``loads`` takes
+    them; one buffer may come more than once)."""
+    raw: list[bytes] = []
+    data = dumps(obj, what, blobs=blobs, buffers=raw)
+    order = tuple(map(digest, raw))
+    return data, dict(zip(order, raw, strict=True)), order
 
 
 def _dump(obj, what: str, blobs: dict[str, bytes] | None,

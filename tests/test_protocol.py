@@ -25,6 +25,7 @@ from batchexec.serialization import (
     BlobTable,
     digest,
     dumps,
+    dumps_apart,
     dumps_exception,
     loads,
 )
@@ -176,11 +177,8 @@ def test_dispatcher_splits_messages_under_the_size_limit():
 
 def _array_item(i, *arrays, args_pad=0):
     """A WorkItem pickled as the executor does: out-of-band buffers apart, by digest."""
-    raw = []
-    args = dumps(((*arrays, b"p" * args_pad), {}), "arguments", blobs={}, buffers=raw)
-    order = tuple(map(digest, raw))
-    return WorkItem(str(i), Future(), "f", b"fn", digest(b"fn"), args, {},
-                    dict(zip(order, raw, strict=True)), order)
+    args, buffers, order = dumps_apart(((*arrays, b"p" * args_pad), {}), "arguments", blobs={})
+    return WorkItem(str(i), Future(), "f", b"fn", digest(b"fn"), args, {}, buffers, order)
 
 
 def test_dispatcher_sends_a_buffer_its_tasks_share_once_per_message():

@@ -32,7 +32,7 @@ from batchexec.protocol import (
     TaskMessage,
     WorkerEvent,
 )
-from batchexec.serialization import digest, dumps, loads
+from batchexec.serialization import digest, dumps_apart, loads
 from batchexec.transport import Received, TransportError
 from batchexec.worker import worker_id
 from batchexec.worker.supervisor import Supervisor
@@ -108,12 +108,11 @@ def array_message(*calls):
     them: each distinct buffer once in the message's ``bufs``."""
     fns, entries, bufs = {}, [], {}
     for i, (fn, *args) in enumerate(calls):
-        fn_bytes, raw = cloudpickle.dumps(fn), []
-        data = dumps((args, {}), "arguments", buffers=raw)
+        fn_bytes = cloudpickle.dumps(fn)
+        data, buffers, order = dumps_apart((args, {}), "arguments")
         fns[digest(fn_bytes)] = fn_bytes
-        bufs.update({digest(b): b for b in raw})
-        entries.append(TaskEntry(str(i), fn=digest(fn_bytes), args=data,
-                                 buffers=[digest(b) for b in raw]))
+        bufs.update(buffers)
+        entries.append(TaskEntry(str(i), fn=digest(fn_bytes), args=data, buffers=list(order)))
     return Received(TaskMessage("s", entries, fns, 0, bufs=bufs).encode(), "r1", "m-r1", 1, {})
 
 
