@@ -340,7 +340,7 @@ def test_a_task_whose_buffer_or_callable_is_missing_fails_alone_with_a_protocol_
     code, _, tasks, results, _ = worker([Received(msg.encode(), "r1", "m-r1", 1, {})])
     got = results_of(results)
     assert got["1"] == (True, 1000.0 + 2000)
-    assert not got["0"][0] and "needs buffer" in str(got["0"][1])
+    assert not got["0"][0] and f"names buffer {msg.tasks[0].buffers[0]!r}" in str(got["0"][1])
     assert not got["2"][0] and "names callable 'nowhere'" in str(got["2"][1])
     assert tasks.deleted == ["r1"]
 

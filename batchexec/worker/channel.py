@@ -7,7 +7,7 @@ code, and a pickle runs code when loaded), so user pickles travel as opaque blob
 the runner opens.
 
     supervisor ──▶ runner   "init"    {main_path}            blobs: [script source, initializer]
-                            "task"    {id, seq, digest, blobs, buffers, not_after}
+                            "task"    {id, seq, digest, blobs, not_after}
                                                              blobs: [pickled fn, pickled args,
                                                                      large buffers...,
                                                                      out-of-band buffers...]

@@ -171,7 +171,7 @@ class RunnerProcess:
         blobs = blobs or {}
         buffers = buffers or []
         head = {"id": task_id, "seq": seq, "digest": digest, "blobs": list(blobs),
-                "buffers": len(buffers), "not_after": not_after}  # fmt: skip
+                "not_after": not_after}  # fmt: skip
         pieces = channel.frame("task", head, fn, args, *blobs.values(), *buffers)
         self._unanswered.append(sum(map(len, pieces)))
         self._outgoing += pieces

@@ -139,9 +139,7 @@ class Runner:
             return
         fn_bytes, args_bytes, *rest = blobs
         keys = head.get("blobs", ())
-        shared, buffers = rest[: len(keys)], rest[len(keys) :]
-        if len(buffers) != head.get("buffers", 0):
-            raise SystemExit(f"batchexec runner: a task frame with {len(rest)} buffers for {head}")
+        shared, buffers = rest[: len(keys)], rest[len(keys) :]  # named blobs, then buffers
         for key, data in zip(keys, shared, strict=True):
             if data:
                 self.blobs.add(key, data)

@@ -442,13 +442,7 @@ class Supervisor:
         out-of-band buffers of its arguments, as bytes (never unpickled here): from the
         message, or from S3 (content-addressed objects are checked against their digest and
         kept in a small cache, so a map's large callable is downloaded once per worker)."""
-        if entry.fn in msg.fns:
-            fn_bytes = msg.fns[entry.fn]
-        elif entry.fn in msg.refs:
-            fn_bytes = self._shared(entry.fn, msg.refs[entry.fn])
-        else:
-            raise protocol.ProtocolError(f"task {entry.task_id} names callable {entry.fn!r}, "
-                                         f"which its message does not carry")
+        fn_bytes = self._carried(msg, msg.fns, entry, "callable", entry.fn)
         if entry.ref is not None:
             args_bytes = self.store.get(entry.ref)
             if content_digest(args_bytes) != entry.sha:
@@ -458,22 +452,20 @@ class Supervisor:
                     f"not run")
         else:
             args_bytes = entry.args or b""
-        blobs = {}
-        for key in entry.blobs:
-            if key not in msg.refs:
-                raise protocol.ProtocolError(f"task {entry.task_id} needs buffer {key!r}, "
-                                             f"which its message does not locate")
-            blobs[key] = self._shared(key, msg.refs[key])
-        buffers = []
-        for key in entry.buffers:
-            if key in msg.bufs:
-                buffers.append(msg.bufs[key])
-            elif key in msg.refs:
-                buffers.append(self._shared(key, msg.refs[key]))
-            else:
-                raise protocol.ProtocolError(f"task {entry.task_id} needs buffer {key!r}, "
-                                             f"which its message does not carry")
+        blobs = {key: self._carried(msg, {}, entry, "buffer", key) for key in entry.blobs}
+        buffers = [self._carried(msg, msg.bufs, entry, "buffer", key) for key in entry.buffers]
         return entry.fn, fn_bytes, args_bytes, blobs, buffers
+
+    def _carried(self, msg: TaskMessage, inline: dict[str, bytes], entry: TaskEntry, what: str,
+                 digest: str) -> bytes:  # fmt: skip
+        """What a task names by digest: inline in its message, or the S3 object at the
+        message's ref for it (checked, cached)."""
+        if digest in inline:
+            return inline[digest]
+        if digest in msg.refs:
+            return self._shared(digest, msg.refs[digest])
+        raise protocol.ProtocolError(f"task {entry.task_id} names {what} {digest!r}, which "
+                                     f"its message does not carry")
 
     def _shared(self, digest: str, key: str) -> bytes:
         data = self._downloads.get(digest)
