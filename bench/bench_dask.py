@@ -217,18 +217,21 @@ def split_round_trips(samples, calls) -> dict:
     return out
 
 
+def plain_sqs(endpoint: str):
+    """A plain boto3 SQS client on the emulator (dummy credentials), no batchexec."""
+    import boto3
+
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                 region_name="us-east-1").client("sqs", endpoint_url=endpoint)
+
+
 def sqs_floor(endpoint: str, samples: int) -> dict:
     """Plain boto3 on the emulator: one call's latency, and the four-call ping-pong that a
     task's round trip needs at least (send task, worker receives, sends result, client
     receives), with long polls waiting on both sides as batchexec's do."""
     import uuid
 
-    import boto3
-
-    session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                                    region_name="us-east-1")
-    sqs = session.client("sqs", endpoint_url=endpoint)
-    peer = session.client("sqs", endpoint_url=endpoint)
+    sqs, peer = plain_sqs(endpoint), plain_sqs(endpoint)
     tag = uuid.uuid4().hex[:8]
     q_task = sqs.create_queue(QueueName=f"bench-floor-task-{tag}")["QueueUrl"]
     q_result = sqs.create_queue(QueueName=f"bench-floor-result-{tag}")["QueueUrl"]
@@ -280,13 +283,10 @@ def traffic_floor(endpoint: str, server_pid: int, task_bytes: int) -> dict:
     server is one process, so that time is spent one core at a time whoever makes the calls."""
     import uuid
 
-    import boto3
     import psutil
 
     server = psutil.Process(server_pid)
-
-    sqs = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                                region_name="us-east-1").client("sqs", endpoint_url=endpoint)
+    sqs = plain_sqs(endpoint)
     url = sqs.create_queue(QueueName=f"bench-traffic-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     body = "x" * 25_000
     sends = max(1, task_bytes // (10 * len(body)))
