@@ -16,7 +16,8 @@ for ProcessPoolExecutor behave the same:
 - Anything importable goes by reference and must be importable on the worker.
 - Large buffers inside arguments (bytes, bytearray, numpy arrays of BLOB_THRESHOLD bytes or
   more) are pickled apart as content-addressed blobs: the executor uploads each distinct blob
-  once per session, however many tasks carry it, and a worker unpickles it once.
+  once per session, however many tasks carry it, and a worker unpickles it once (each task
+  still gets its own copy, as from in-band pickling).
 - Smaller array data inside arguments (pickle protocol 5's out-of-band buffers from
   SHARE_THRESHOLD up to BLOB_THRESHOLD bytes: numpy arrays, and anything else that pickles a
   PickleBuffer) travels apart from the pickle as raw bytes, so that a message carries each
@@ -325,6 +326,13 @@ class BlobTable:
     The supervisor hands over the pickled bytes with every task that needs them (``add``);
     a buffer still cached from an earlier task is not unpickled again, so a large object
     shared by a whole map costs one unpickle per worker, not one per task.
+
+    Indexing gives the cached object itself: callables, which the runner keeps across tasks
+    like a module's globals, load through it. Arguments load through :meth:`private`, so that
+    each task gets its own copy, as with ProcessPoolExecutor (which unpickles every task's
+    arguments afresh): a task that changes a large array in place must not change it for the
+    next task on that worker. A copy is a memcpy, far cheaper than the unpickle and transfer
+    it stands in for.
     """
 
     def __init__(self, capacity: int = BLOB_CACHE_SIZE):
@@ -339,6 +347,11 @@ class BlobTable:
     def clear_pending(self) -> None:
         self._pending.clear()
 
+    def private(self) -> _PrivateBlobs:
+        """A view for one unpickling of a task's arguments: each blob a fresh copy of the
+        cached one (the same copy wherever the arguments name it twice)."""
+        return _PrivateBlobs(self)
+
     def __getitem__(self, key: str):
         obj = self._objects.get(key, _MISSING)
         if obj is not _MISSING:
@@ -352,6 +365,32 @@ class BlobTable:
         while len(self._objects) > self.capacity:
             self._objects.popitem(last=False)
         return obj
+
+
+class _PrivateBlobs:
+    def __init__(self, table: BlobTable):
+        self._table = table
+        self._copies: dict[str, object] = {}
+
+    def __getitem__(self, key: str):
+        try:
+            return self._copies[key]
+        except KeyError:
+            copy = self._copies[key] = _private_copy(self._table[key])
+            return copy
+
+
+def _private_copy(obj):
+    """A copy a task may change without changing ``obj``. Blobs are bytes (immutable: shared),
+    bytearrays and plain numpy arrays (see ``Pickler._blob_id``); an array of Python objects
+    is copied deeply, as unpickling it again would."""
+    if type(obj) is bytes:
+        return obj
+    if type(obj) is bytearray:
+        return bytearray(obj)
+    if obj.dtype.hasobject:
+        return pickle.loads(pickle.dumps(obj, protocol=PICKLE_PROTOCOL))
+    return obj.copy(order="K")
 
 
 _MISSING = object()

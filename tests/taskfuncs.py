@@ -93,5 +93,16 @@ def bump_and_sum(array, i):
     return float(array.sum())
 
 
+def same_and_bumped(a, b):
+    """Whether two arguments are one object, and whether changing one changes the other."""
+    a += 1
+    return a is b, bool((a == b).all())
+
+
+def bump_first_byte(data: bytearray):
+    data[0] += 1
+    return data[0]
+
+
 def tagged(tag, x):
     return tag, x

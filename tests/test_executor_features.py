@@ -76,6 +76,22 @@ def test_tasks_passing_one_array_share_its_bytes_and_each_gets_its_own_copy(make
     assert sum(sent) < 0.5 * n * shared.nbytes * 4 / 3, (len(sent), sum(sent))
 
 
+def test_a_large_array_shared_by_a_map_is_a_private_copy_in_each_task(make_executor):
+    """A large argument (a blob, uploaded once per session) is unpickled once per worker, but
+    each task still gets its own copy, as with ProcessPoolExecutor: a task that changes it in
+    place must not change it for the next task on that worker."""
+    np = pytest.importorskip("numpy")
+    ex = make_executor(1)
+    shared = np.random.default_rng(1).random(50_000)  # 400 KB: a blob
+    n = 6
+    results = list(ex.map(tf.bump_and_sum, [shared] * n, range(n)))
+    assert results == pytest.approx([shared.sum() + i * shared.size for i in range(n)])
+    # Within one call the same object passed twice stays one object, as pickle keeps it.
+    assert ex.submit(tf.same_and_bumped, shared, shared).result(timeout=60) == (True, True)
+    data = bytearray(300_000)
+    assert list(ex.map(tf.bump_first_byte, [data] * 3)) == [1, 1, 1]
+
+
 def test_payload_above_max_payload_size_is_rejected_at_once(make_executor):
     ex = make_executor(1)
     started = time.monotonic()

@@ -264,6 +264,24 @@ def test_out_of_band_buffers_are_set_apart_in_order_and_come_back_writable():
         loads(dumps(a, "arguments", buffers=[]), "arguments")  # buffers missing
 
 
+def test_blob_table_gives_callables_the_cached_object_and_arguments_private_copies():
+    np = pytest.importorskip("numpy")
+    values = {"floats": np.arange(4.0), "objects": np.array([[1], [2]] + [None], dtype=object),
+              "bytes": b"abc", "bytearray": bytearray(b"abc")}
+    table = BlobTable()
+    for key, value in values.items():
+        table.add(key, pickle.dumps(value))
+    first, second = table.private(), table.private()
+    assert first["floats"] is first["floats"]  # named twice in one call: one object
+    first["floats"][0] = 9.0
+    first["objects"][0].append(3)
+    first["bytearray"][0] = 0
+    assert second["floats"][0] == 0.0 and second["objects"][0] == [1]
+    assert second["bytearray"] == b"abc" and table["bytearray"] == b"abc"
+    assert second["bytes"] is table["bytes"]  # immutable: shared
+    assert first["floats"] is not table["floats"] and table["floats"][0] == 0.0
+
+
 def test_session_settings_round_trip_through_environment():
     s = SessionSettings("a", "q", "r", "d", "b", "p/", visibility_timeout=5, idle_timeout=2.5,
                         initializer_key="k")

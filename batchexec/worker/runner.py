@@ -156,10 +156,10 @@ class Runner:
               buffers: list[bytes]):  # fmt: skip
         try:
             fn = self._function(digest, fn_bytes, task_id)
-            # Writable copies: a task may change an array argument in place, as it can one
-            # pickled in band; tasks sharing a buffer each get their own.
-            args, kwargs = loads(args_bytes, f"arguments of task {task_id}", self.blobs,
-                                 [bytearray(b) for b in buffers])
+            # Private, writable copies: a task may change an array argument in place, as it
+            # can one pickled in band; tasks sharing a buffer or a blob each get their own.
+            args, kwargs = loads(args_bytes, f"arguments of task {task_id}",
+                                 self.blobs.private(), [bytearray(b) for b in buffers])
         except SerializationError as exc:
             return False, dumps_exception(exc)
         try:
