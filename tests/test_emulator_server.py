@@ -105,6 +105,26 @@ def test_an_unread_chunked_body_is_drained_to_its_last_chunk(endpoint):
     conn.close()
 
 
+def test_a_chunked_body_reaches_whoever_reads_it(endpoint):
+    """A body without Content-Length (chunked) is read whole, not taken as empty."""
+    spec = {"operation": "GetQueueUrl", "count": 1, "code": "ThrottlingException",
+            "status": 400}
+    body = json.dumps(spec).encode()
+    conn = connection(endpoint)
+    conn.request("POST", "/_batchexec/faults", body=iter([body[:10], body[10:]]),
+                 encode_chunked=True, headers={"Transfer-Encoding": "chunked"})  # fmt: skip
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    r.read()
+    conn.request("GET", "/_batchexec/faults")
+    armed = json.loads(conn.getresponse().read())
+    conn.request("DELETE", "/_batchexec/faults")
+    conn.getresponse().read()
+    conn.close()
+    assert [(f["operation"], f["code"]) for f in armed] == [("GetQueueUrl",
+                                                             "ThrottlingException")]
+
+
 def test_connection_close_and_http10_are_honoured(endpoint):
     host, port = endpoint.removeprefix("http://").rsplit(":", 1)
     for request in (b"GET /_batchexec/faults HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

@@ -274,12 +274,22 @@ def _query_action(environ: dict) -> str | None:
 
 
 def _read_body(environ: dict) -> bytes:
-    """Read the request body and put it back, so the wrapped app can read it again."""
+    """Read the request body and put it back, so the wrapped app can read it again.
+
+    A chunked body has no Content-Length: the server marks its input as ending where the body
+    does (``wsgi.input_terminated``, as werkzeug's does), so it is read to the end; reading
+    nothing would hand the wrapped app an empty body."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = 0
-    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    stream = environ["wsgi.input"]
+    if length > 0:
+        body = stream.read(length)
+    elif environ.get("wsgi.input_terminated"):
+        body = stream.read()
+    else:
+        body = b""
     environ["wsgi.input"] = io.BytesIO(body)
     return body
 
