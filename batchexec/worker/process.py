@@ -204,7 +204,7 @@ class RunnerProcess:
                 else:
                     raise ValueError(kind)
             except (KeyError, TypeError, ValueError, IndexError):
-                return replies, ended or self._crashed()
+                return replies, ended or self.discard()
             if self._unanswered:
                 self._unanswered.popleft()
         return replies, ended
@@ -216,7 +216,7 @@ class RunnerProcess:
         while True:
             frames, broken = self._whole_frames()
             if broken:
-                return frames, self._crashed()
+                return frames, self.discard()
             if frames:
                 return frames, None
             left = deadline - time.monotonic()
@@ -234,7 +234,7 @@ class RunnerProcess:
             while self.conn.read_available() > 0:
                 pass
             frames, _ = self._whole_frames()
-            return frames, self._crashed()
+            return frames, self.discard()
 
     def _whole_frames(self) -> tuple[list, bool]:
         """The frames already buffered whole; True when the channel holds garbage."""
@@ -251,14 +251,14 @@ class RunnerProcess:
         try:
             self.conn.send(kind, head, *blobs)
         except OSError:
-            return self._crashed()
+            return self.discard()
         frames, ended = self._frames(timeout)
         if frames:
             got, fields, data = frames[0]
             if got != reply:
-                return self._crashed()
+                return self.discard()
             return _finished(fields, data)
-        return ended or self._crashed()
+        return ended or self.discard()
 
     def _exited(self) -> bool:
         """Has the runner exited? Without reaping it, so its pid stays its group's id."""
@@ -269,7 +269,7 @@ class RunnerProcess:
         except ChildProcessError:
             return True
 
-    def _crashed(self) -> Crashed:
+    def discard(self) -> Crashed:
         """The runner is dead or unusable (alive but broke the channel: it cannot be
         trusted): kill its group, including whatever it left behind, and say how it ended."""
         self.kill()

@@ -376,7 +376,7 @@ class Supervisor:
             replies, ended = runner.wait(timeout)
             for reply in replies:
                 if reply.seq != sent[0].seq:  # the channel is garbled: the runner is not trusted
-                    ended = runner._crashed()
+                    ended = runner.discard()
                     break
                 task = sent.popleft()
                 self.capture.finish(task.seq)
