@@ -4,6 +4,7 @@ cancellation, packing, and the embedded default."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import os
 import threading
 import time
@@ -90,6 +91,11 @@ def test_a_large_array_shared_by_a_map_is_a_private_copy_in_each_task(make_execu
     assert ex.submit(tf.same_and_bumped, shared, shared).result(timeout=60) == (True, True)
     data = bytearray(300_000)
     assert list(ex.map(tf.bump_first_byte, [data] * 3)) == [1, 1, 1]
+    # The callable is kept by its worker (the README's cheap way to share a large table):
+    # what is bound to it is not copied, so a change persists, as a module global's would.
+    bound = functools.partial(tf.bump_and_sum, shared)
+    results = list(ex.map(bound, [1, 1, 1]))
+    assert results == pytest.approx([shared.sum() + k * shared.size for k in (1, 2, 3)])
 
 
 def test_payload_above_max_payload_size_is_rejected_at_once(make_executor):
