@@ -16,8 +16,13 @@ KiB = 1024
 MiB = 1024 * KiB
 
 #: Pickled task payloads up to this size travel inline in the message; larger ones go to S3.
-#: Inline saves two S3 requests a task; a message still packs several tasks under SQS's limit.
-DEFAULT_INLINE_LIMIT = 64 * KiB
+#: Inline saves three S3 requests a task (put, get, delete); a message still packs several
+#: tasks under SQS's 1 MiB. Equal to serialization's BLOB_THRESHOLD: array data below it, which
+#: tasks do not share through S3, fits inline beside small arguments.
+DEFAULT_INLINE_LIMIT = 256 * KiB
+#: Largest inline_limit: a callable and arguments of this size each, base64-encoded (4/3),
+#: still fit one message.
+MAX_INLINE_LIMIT = 352 * KiB
 #: Largest pickled task accepted. Beyond it, sending the data through the queue is the wrong
 #: tool: put it in S3 yourself and pass its URI.
 DEFAULT_MAX_PAYLOAD_SIZE = 100 * MiB
@@ -185,7 +190,7 @@ class ExecutorOptions:
             "max_attempts": (int, 1, 999, "the redrive policy's maxReceiveCount is at most "
                                           "1000 and is max_attempts + 1"),
             "worker_idle_timeout": (float, 1, 86400, "seconds"),
-            "inline_limit": (int, 0, 128 * KiB, "bytes; a message is at most 256 KiB"),
+            "inline_limit": (int, 0, MAX_INLINE_LIMIT, "bytes; a message is at most 1 MiB"),
             "max_payload_size": (int, 1, 5 * 1024**4, "bytes; an S3 object is at most 5 TiB"),
             "messages_per_worker": (int, 1, 100, "task messages in flight per worker"),
             "monitor_interval": (float, 0.1, 3600, "seconds"),

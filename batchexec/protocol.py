@@ -47,11 +47,14 @@ from .errors import BatchExecError
 
 PROTOCOL_VERSION = 3
 
-#: SQS's hard limit on a message body plus attributes (bytes). AWS raised it to 1 MiB in 2025;
-#: 256 KiB is what every SQS-compatible service and the emulator accept.
-SQS_MESSAGE_LIMIT = 256 * 1024
+#: SQS's limit on a message body plus attributes, and on a SendMessageBatch call (bytes): 1 MiB
+#: since August 2025 (it was 256 KiB), and moto 5's. A queue's own MaximumMessageSize may be
+#: lower, so the session creates its queues with this one (and the stack's dead-letter queue
+#: has it). Larger messages carry task data that would otherwise cost three S3 requests each
+#: (put, get, delete): dask's chunks of 64-256 KiB went through S3 and ran 6x slower.
+SQS_MESSAGE_LIMIT = 1024 * 1024
 #: Packs stop growing at this encoded size: the margin covers attributes and JSON framing.
-MESSAGE_BODY_LIMIT = 240 * 1024
+MESSAGE_BODY_LIMIT = SQS_MESSAGE_LIMIT - 16 * 1024
 #: SendMessageBatch / DeleteMessageBatch accept at most this many entries per call.
 SQS_BATCH_ENTRIES = 10
 #: Per-entry JSON overhead estimate used while packing (keys, quotes, ids).

@@ -30,7 +30,7 @@ import cloudpickle
 from . import gc as gc_rules
 from .config import ExecutorOptions, SessionSettings, fit_max_task_seconds
 from .errors import ConfigurationError
-from .protocol import script_digest
+from .protocol import SQS_MESSAGE_LIMIT, script_digest
 from .serialization import digest, dumps, main_script_path
 from .stack import SESSION_TAG, STACK_TAG, session_queue_names
 from .threads import ServiceThread
@@ -91,6 +91,7 @@ class Session:
                 **_protected(f"{arn_prefix}:{task_name}"),
                 "VisibilityTimeout": str(options.visibility_timeout),
                 "ReceiveMessageWaitTimeSeconds": "20",
+                "MaximumMessageSize": str(SQS_MESSAGE_LIMIT),
                 "MessageRetentionPeriod": str(_RETENTION_SECONDS),
                 # One receive more than max_attempts: the worker that receives a message past
                 # its attempts moves it to the dead-letter queue itself (after splitting a
@@ -109,6 +110,7 @@ class Session:
                 Attributes={
                     **_protected(f"{arn_prefix}:{result_name}"),
                     "ReceiveMessageWaitTimeSeconds": "20",
+                    "MaximumMessageSize": str(SQS_MESSAGE_LIMIT),
                     "MessageRetentionPeriod": str(_RETENTION_SECONDS),
                 },
                 tags=tags,

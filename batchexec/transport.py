@@ -1,6 +1,6 @@
 """SQS queues and the S3 payload store, as the rest of batchexec needs them.
 
-Thin on purpose: batching to SQS's limits (10 entries, 256 KiB a call), retrying the entries a
+Thin on purpose: batching to SQS's limits (10 entries, 1 MiB a call), retrying the entries a
 batch call reports as failed, telling "the queue is gone" apart from other errors, and moving
 large payloads through S3. Retries of whole requests (throttling, 5xx, connection resets) are
 botocore's job, configured in aws.py.
@@ -214,7 +214,7 @@ def _with_mac(attrs: dict, key: bytes, body: str) -> dict:
 
 
 def _size_groups(bodies: list[tuple[int, str]], attr_size: int, errors: list):
-    """Split (index, body) pairs into SendMessageBatch calls: at most 10 entries and 256 KiB
+    """Split (index, body) pairs into SendMessageBatch calls: at most 10 entries and 1 MiB
     each. A body too large for any message gets its reason in ``errors`` and is skipped."""
     group: list[tuple[int, str]] = []
     size = 0

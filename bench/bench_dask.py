@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_dask.py [--leaves 2000] [--array-size 1600] [--chunk 50]
                                          [--latency-samples 200] [--rounds 1] [--json PATH]
+                                         [--chunk-sweep 50,100,200,400]
 
 Measures, in one run on one machine, BatchExecutor(2) on the embedded emulator and
 ProcessPoolExecutor(2), round-robin over `--rounds` rounds (medians), both warm:
@@ -20,6 +21,9 @@ ProcessPoolExecutor(2), round-robin over `--rounds` rounds (medians), both warm:
   worker leg (task received, run, result sent, collector's long poll returning) and the
   client's resolution; beside it, the floor the emulator itself sets: the same four SQS calls
   (send, receive, send back, receive) ping-ponged by two threads of plain boto3, no batchexec;
+- with `--chunk-sweep 50,100,200,400`: the same map_overlap over the same array in each chunk
+  size, both executors alternating: where BatchExecutor's per-byte and per-task costs stop
+  mattering against the work (the README's advice for such graphs: larger chunks);
 - the bytes the client's SQS calls carried during the map_overlap graph on BatchExecutor, and
   the time plain boto3 takes to move its task bytes through the emulator once each way, in
   the fewest calls SQS allows (sent, received back, deleted; results not included): a floor
@@ -46,6 +50,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_tasks import noop  # noqa: E402  (importable by workers: they get our sys.path)
+
+from batchexec.protocol import SQS_MESSAGE_LIMIT  # noqa: E402
 
 STACK = "bx-bench"
 
@@ -116,6 +122,27 @@ def timed_compute(collection, ex) -> tuple[float, object]:
     started = time.perf_counter()
     (value,) = dask.compute(collection, scheduler=ex)
     return time.perf_counter() - started, value
+
+
+def chunk_sweep(executors: dict, size: int, chunks: list[int], rounds: int) -> list[dict]:
+    """map_overlap over one ``size`` square array in each chunk size, every executor in turn
+    (round-robin over ``rounds``, medians), each result checked against dask's own."""
+    rows = []
+    for chunk in chunks:
+        graph = overlap_graph(size, chunk)
+        tasks, expected = graph_tasks(graph)
+        seconds: dict[str, list[float]] = {name: [] for name in executors}
+        for _ in range(rounds):
+            for name, ex in executors.items():
+                t, value = timed_compute(graph, ex)
+                assert abs(value - expected) <= 1e-9 * abs(expected), (name, chunk, value)
+                seconds[name].append(t)
+        row = {"chunk": chunk, "chunk_kb": chunk * chunk * 8 / 1024,
+               "chunks": (size // chunk) ** 2, "tasks": tasks}
+        row.update({f"{name}_s": statistics.median(t) for name, t in seconds.items()})
+        row["ratio"] = row["batch_s"] / row["process_s"]
+        rows.append(row)
+    return rows
 
 
 def latency(ex, samples: int, record=None) -> list[float]:
@@ -278,7 +305,7 @@ def sqs_floor(endpoint: str, samples: int) -> dict:
 
 def traffic_floor(endpoint: str, server_pid: int, task_bytes: int) -> dict:
     """Plain boto3 moving ``task_bytes`` through the emulator once each way in the fewest
-    calls SQS allows (batches of 10 messages filling its 256 KiB limit): sent, received
+    calls SQS allows (batches of 10 messages filling its 1 MiB limit): sent, received
     back, deleted, one call after another. Also the emulator server's CPU time for it: the
     server is one process, so that time is spent one core at a time whoever makes the calls."""
     import uuid
@@ -288,7 +315,7 @@ def traffic_floor(endpoint: str, server_pid: int, task_bytes: int) -> dict:
     server = psutil.Process(server_pid)
     sqs = plain_sqs(endpoint)
     url = sqs.create_queue(QueueName=f"bench-traffic-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    body = "x" * 25_000
+    body = "x" * (SQS_MESSAGE_LIMIT // 10 - 1000)  # a call's 10 messages fill its limit
     sends = max(1, task_bytes // (10 * len(body)))
     started, server_cpu = time.perf_counter(), sum(server.cpu_times()[:2])
     try:
@@ -322,7 +349,11 @@ def main() -> None:
                         help="round-robin repetitions (the map_overlap graph on BatchExecutor "
                              "takes minutes on a 2-core machine)")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "bench_dask.json"))
+    parser.add_argument("--chunk-sweep", default="",
+                        help="comma-separated chunk sizes: map_overlap over the same array in "
+                             "each, both executors (none by default)")
     args = parser.parse_args()
+    sweep_chunks = [int(c) for c in args.chunk_sweep.split(",") if c.strip()]
 
     import dask
     import numpy as np
@@ -385,6 +416,7 @@ def main() -> None:
             profile = split_round_trips(samples, timer.calls)
             floor = sqs_floor(emu.endpoint_url, args.latency_samples)
             overlap_floor = traffic_floor(emu.endpoint_url, emu.pid, traffic.sent)
+            sweep = chunk_sweep(executors, args.array_size, sweep_chunks, args.rounds)
         finally:
             process.shutdown()
             batch.shutdown()
@@ -417,6 +449,7 @@ def main() -> None:
         "overlap_client_traffic": {"calls": traffic.calls, "sent_bytes": traffic.sent,
                                    "received_bytes": traffic.received},
         "overlap_traffic_floor": overlap_floor,
+        "chunk_sweep": sweep,
     }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
@@ -459,6 +492,14 @@ def main() -> None:
           f"{overlap_floor['seconds']:.2f} s ({overlap_floor['calls']} calls; the server's "
           f"CPU {overlap_floor['server_cpu_seconds']:.2f} s), against "
           f"{rows['process_overlap_s']:.2f} s for the whole graph on ProcessPool(2)")
+    if sweep:
+        print(f"\nmap_overlap over the same {args.array_size} x {args.array_size} array, by chunk "
+              f"size ({args.rounds} rounds, medians):")
+        print(f"{'chunk':>8}{'KB':>8}{'chunks':>8}{'tasks':>8}{'Batch(2) s':>12}"
+              f"{'Pool(2) s':>12}{'ratio':>8}")
+        for r in sweep:
+            print(f"{r['chunk']:>8}{r['chunk_kb']:>8.0f}{r['chunks']:>8}{r['tasks']:>8}"
+                  f"{r['batch_s']:>12.2f}{r['process_s']:>12.2f}{r['ratio']:>7.2f}x")
     print(f"written to {args.json}")
 
 

@@ -162,7 +162,7 @@ def test_ctrl_c_stops_the_fleet_and_exits_within_10_s(emulator, clean_env, tmp_p
 
 
 def test_payloads_live_only_as_long_as_needed(make_executor, control):
-    ex = make_executor(2)
+    ex = make_executor(2, inline_limit=64 * 1024)
     s3 = boto3.client("s3", endpoint_url=ex.endpoint_url, region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     prefix = f"sessions/{ex.session_id}/"

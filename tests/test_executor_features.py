@@ -61,6 +61,21 @@ def test_payload_above_inline_limit_goes_through_s3(make_executor, control):
     assert counts.get("s3.PutObject", 0) >= 3, counts  # 2 task payloads, 1 result
 
 
+def test_payloads_up_to_the_inline_limit_travel_in_the_message(make_executor, control):
+    """SQS takes 1 MiB messages: a 200 KB argument and a 200 KB result go inline, without
+    the three S3 requests each would cost, in queues made to hold them."""
+    ex = make_executor(1)
+    control.reset_requests()
+    blob = os.urandom(200_000)
+    assert ex.submit(tf.identity, blob).result(timeout=60) == blob
+    counts = control.requests()
+    assert not any(op.startswith("s3.") for op in counts), counts
+    sqs = ex._clients.client("sqs")
+    for url in (ex._session.tasks.url, ex._session.results.url):
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["MaximumMessageSize"])
+        assert attrs["Attributes"]["MaximumMessageSize"] == str(1024 * 1024)
+
+
 def test_tasks_passing_one_array_share_its_bytes_and_each_gets_its_own_copy(make_executor):
     np = pytest.importorskip("numpy")
     ex = make_executor(1)

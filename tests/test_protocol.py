@@ -10,7 +10,7 @@ from concurrent.futures import Future
 import pytest
 
 from batchexec import protocol
-from batchexec.config import ExecutorOptions, SessionSettings
+from batchexec.config import MAX_INLINE_LIMIT, ExecutorOptions, SessionSettings
 from batchexec.dispatcher import TaskDispatcher
 from batchexec.errors import (
     ConfigurationError,
@@ -161,9 +161,9 @@ def test_take_packs_returns_none_when_closing():
 
 def test_dispatcher_splits_messages_under_the_size_limit():
     table = TaskTable(credits=10)
-    d = TaskDispatcher(table, queue=None, store=None, session="s", inline_limit=64 * 1024,
+    d = TaskDispatcher(table, queue=None, store=None, session="s", inline_limit=256 * 1024,
                        on_broken=pytest.fail)
-    items = [item(i, args=b"x" * 50_000) for i in range(12)]
+    items = [item(i, args=b"x" * 200_000) for i in range(12)]
     for it in items:
         it.future.set_running_or_notify_cancel()
     out = d._encode(items)
@@ -214,13 +214,15 @@ def test_dispatcher_sends_a_buffer_its_tasks_share_once_per_message():
 def test_dispatcher_never_packs_past_the_message_limit_with_buffers():
     np = pytest.importorskip("numpy")
     table = TaskTable(credits=10)
-    d = TaskDispatcher(table, queue=None, store=_RecordingStore(), session="s",
-                       inline_limit=128 * 1024, on_broken=pytest.fail)
+    store = _RecordingStore()
+    d = TaskDispatcher(table, queue=None, store=store, session="s",
+                       inline_limit=MAX_INLINE_LIMIT, on_broken=pytest.fail)
     rng = np.random.default_rng(1)
-    items = [_array_item(i, rng.random(6000), rng.random(6000), args_pad=30_000)
-             for i in range(12)]  # 96 KB of buffers and 30 KB of arguments each: one a message
+    items = [_array_item(i, rng.random(20_000), rng.random(20_000), args_pad=30_000)
+             for i in range(12)]  # 320 KB of buffers and 30 KB of arguments each: two a message
     out = d._encode(items)
-    assert sum(len(batch) for batch, _ in out) == 12
+    assert sum(len(batch) for batch, _ in out) == 12 and store.puts == []
+    assert len(out) == 6
     for _, body in out:
         assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT
 
