@@ -571,6 +571,10 @@ def test_the_speedups_leave_moto_answers_unchanged():
         headers, body = BaseResponse._enrich_response({"status": 200}, '{"Messages": []}')
         assert body == '{"Messages": []}' and len(headers["x-amzn-requestid"]) == 52
         assert headers["status"] == "200"
+        import moto.core.responses as responses
+        assert responses.parse_qsl("Action=ListQueues&b=%7B") == [("Action", "ListQueues"),
+                                                                   ("b", "{")]
+        assert responses.parse_qsl('{"QueueUrl": "q=1&x"}') == []
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
