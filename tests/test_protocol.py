@@ -60,6 +60,24 @@ def test_task_message_with_buffers_round_trip():
     assert back == msg
 
 
+def test_messages_with_large_payloads_written_by_hand_round_trip_in_order():
+    large = bytes(range(256)) * (protocol.HAND_WRITTEN // 256)  # the threshold exactly
+    msg = TaskMessage('s"1', [TaskEntry("1", fn="d", args=b"small"),
+                              TaskEntry('2"\\', fn="d", args=large, buffers=["b1"]),
+                              TaskEntry("3", fn="d", ref="k", sha="h", blobs=["b2"]),
+                              TaskEntry("4", fn="d", args=large[:-1])],
+                      {"d": large}, prior_attempts=1, refs={"b2": "s/blobs/b2"},
+                      bufs={"b1": large * 3})
+    text = msg.encode()
+    assert protocol.decode(text) == msg  # tasks keep their order: a pack runs in it
+    assert json.loads(text)["tasks"][1]["args"] == protocol.b64(large)
+    results = ResultMessage("s", "w", [ResultEntry("1", True, 0.5, data=large),
+                                       ResultEntry("2", False, 1.0, ref="key", sha="h"),
+                                       ResultEntry("3", True, 0.0, data=b"")])
+    assert protocol.decode(results.encode()) == results
+    assert protocol.decode(ResultMessage("s", "w", []).encode()).results == []
+
+
 def test_result_and_event_round_trip():
     msg = ResultMessage("s", "w:0", [ResultEntry("1", True, 0.5, data=b"x"),
                                      ResultEntry("2", False, 1.0, ref="key")])
