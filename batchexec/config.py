@@ -56,7 +56,7 @@ DEFAULT_JOB_TIMEOUT = 86400
 #: Bytes of stdout/stderr forwarded to the client per task (0: none); the rest stays in the
 #: worker's log. Bounded so a chatty task cannot flood the result queue.
 DEFAULT_OUTPUT_LIMIT = 64 * KiB
-#: Upper bound on output_limit: output travels in SQS messages of at most 256 KiB each.
+#: Upper bound on output_limit: output travels in SQS messages of at most 1 MiB each.
 MAX_OUTPUT_LIMIT = 16 * MiB
 #: Tasks in flight per worker offered to clients that size their own concurrency from the
 #: executor (dask reads ``_max_workers``): a round trip through SQS takes tens of ms, so tiny
