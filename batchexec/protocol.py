@@ -124,6 +124,15 @@ def _b64_object(items: dict[str, bytes]) -> str:
     return "{" + ",".join(f'{json.dumps(k)}:"{b64(v)}"' for k, v in items.items()) + "}"
 
 
+def _entry_text(head: dict, key: str, payload: bytes | None) -> str:
+    """An entry's JSON text: ``head``, and the inline payload (None: it is in S3) as base64
+    under ``key``, written by hand."""
+    text = json.dumps(head, separators=_SEPARATORS)
+    if payload is None:
+        return text
+    return f'{text[:-1]},"{key}":"{b64(payload)}"}}'
+
+
 def _json_list(entries: list) -> str:
     """A JSON list of task or result entries, in their order: by hand when one is large."""
     if any(e.hand_written() for e in entries):
@@ -180,10 +189,7 @@ class TaskEntry:
 
     def json_text(self) -> str:
         """``to_json`` as JSON text, the arguments' base64 written by hand."""
-        head = json.dumps(self._head(), separators=_SEPARATORS)
-        if self.ref is not None:
-            return head
-        return f'{head[:-1]},"args":"{b64(self.args or b"")}"}}'
+        return _entry_text(self._head(), "args", None if self.ref is not None else self.args or b"")
 
     @classmethod
     def from_json(cls, d: dict) -> TaskEntry:
@@ -260,10 +266,7 @@ class ResultEntry:
 
     def json_text(self) -> str:
         """``to_json`` as JSON text, the data's base64 written by hand."""
-        head = json.dumps(self._head(), separators=_SEPARATORS)
-        if self.ref is not None:
-            return head
-        return f'{head[:-1]},"data":"{b64(self.data or b"")}"}}'
+        return _entry_text(self._head(), "data", None if self.ref is not None else self.data or b"")
 
     @classmethod
     def from_json(cls, d: dict) -> ResultEntry:
