@@ -22,8 +22,8 @@ ProcessPoolExecutor(2), round-robin over `--rounds` rounds (medians), both warm:
   client's resolution; beside it, the floor the emulator itself sets: the same four SQS calls
   (send, receive, send back, receive) ping-ponged by two threads of plain boto3, no batchexec;
 - with `--chunk-sweep 50,100,200,400`: the same map_overlap over the same array in each chunk
-  size, both executors alternating: where BatchExecutor's per-byte and per-task costs stop
-  mattering against the work (the README's advice for such graphs: larger chunks);
+  size, both executors alternating: how each executor's time, and their ratio, move with the
+  chunk size (per-task costs fall with larger chunks, per-byte costs do not);
 - the bytes the client's SQS calls carried during the map_overlap graph on BatchExecutor, and
   the time plain boto3 takes to move its task bytes through the emulator once each way, in
   the fewest calls SQS allows (sent, received back, deleted; results not included): a floor
