@@ -245,6 +245,18 @@ def test_dispatcher_never_packs_past_the_message_limit_with_buffers():
         assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT
 
 
+def test_a_task_at_the_largest_inline_limit_fits_one_message():
+    """MAX_INLINE_LIMIT's reason: a callable and arguments of that size each, in base64,
+    still fit one SQS message (with the session's attributes)."""
+    table = TaskTable(credits=10)
+    d = TaskDispatcher(table, queue=None, store=_RecordingStore(), session="s" * 36,
+                       inline_limit=MAX_INLINE_LIMIT, on_broken=pytest.fail)
+    it = item(0, fn=b"f" * MAX_INLINE_LIMIT, args=b"a" * MAX_INLINE_LIMIT)
+    ((batch, body),) = d._encode([it])
+    assert len(batch) == 1 and d.store.puts == []
+    assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT < protocol.SQS_MESSAGE_LIMIT
+
+
 class _RecordingStore:
     def __init__(self):
         self.puts = []
