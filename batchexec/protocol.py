@@ -37,11 +37,12 @@ serialization.RemoteException (exception + traceback text).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
+
+import pybase64
 
 from .errors import BatchExecError
 
@@ -102,12 +103,20 @@ class ProtocolVersionError(ProtocolError):
         self.expected = expected
 
 
+# base64 through pybase64 (SIMD): every inline byte is encoded once and decoded once each
+# way, and the standard library decodes at about 400 MB/s on the 2-core VM (2026-11-25),
+# pybase64 at 20 GB/s; over a 1,024-chunk map_overlap graph (280 MB of payload) that was
+# about a second of CPU, shared by the client and the workers.
+
+
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return pybase64.b64encode_as_string(data)
 
 
 def unb64(text: str) -> bytes:
-    return base64.b64decode(text)
+    """Strict: a character outside the alphabet is a ProtocolError (binascii.Error is a
+    ValueError), not silently dropped as the standard library's default does."""
+    return pybase64.b64decode(text, validate=True)
 
 
 #: Messages holding a payload at least this large are written by hand, base64 between quotes:
