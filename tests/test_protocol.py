@@ -350,6 +350,58 @@ def test_pickling_errors_say_what_to_do():
         loads(pickle.dumps(_Global()).replace(b"test_protocol", b"no_such_modul"), "callable")
 
 
+def test_payloads_of_importable_code_skip_cloudpickle_and_the_rest_keep_its_rules(monkeypatch):
+    """The C pickler takes payloads whose functions and classes all go by reference (most
+    of them: dask's graph nodes); anything cloudpickle's rules decide goes through Pickler."""
+    import functools
+    import io
+    import os
+
+    from batchexec import serialization
+
+    used = []
+
+    class Counting(serialization.Pickler):
+        def dump(self, obj):
+            used.append(obj)
+            return super().dump(obj)
+
+    monkeypatch.setattr(serialization, "Pickler", Counting)
+    plain = ((functools.partial(os.path.join, "a"), [1, 2.5], {"t": _Global}, _Global()), {})
+    back = loads(dumps(plain, "arguments"), "arguments")
+    assert back[0][0]("b") == os.path.join("a", "b") and back[0][2]["t"] is _Global
+    assert used == []
+    offset = 3
+    assert loads(dumps(lambda x: x + offset, "callable"), "callable")(1) == 4  # by value
+    assert len(used) == 1
+    assert loads(dumps(_Global.method, "callable"), "callable") == _Global.method  # getattr
+    for buffer in (io.BytesIO(b"x"), io.StringIO("x")):  # plain pickle would take these
+        with pytest.raises(SerializationError, match="open file object"):
+            dumps(([buffer], {}), "arguments")
+
+
+def test_a_module_registered_for_pickling_by_value_goes_by_value_after_it_went_by_reference(
+    tmp_path, monkeypatch
+):
+    import sys
+
+    import cloudpickle
+
+    (tmp_path / "bx_by_value_mod.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import bx_by_value_mod
+
+    try:
+        assert b"bx_by_value_mod" in dumps(bx_by_value_mod.double, "callable")  # by reference
+        cloudpickle.register_pickle_by_value(bx_by_value_mod)
+        data = dumps(bx_by_value_mod.double, "callable")
+    finally:
+        cloudpickle.unregister_pickle_by_value(bx_by_value_mod)
+        del sys.modules["bx_by_value_mod"]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    assert loads(data, "callable")(21) == 42  # the module is gone: it came by value
+
+
 def test_remote_exception_keeps_type_and_traceback():
     try:
         raise KeyError("k")
@@ -379,3 +431,7 @@ def test_a_service_thread_that_crashes_breaks_the_executor_instead_of_dying_sile
 
 class _Global:
     """Pickled by reference: renaming its module in the pickle simulates a missing module."""
+
+    @classmethod
+    def method(cls):
+        return cls
