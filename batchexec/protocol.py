@@ -1,4 +1,4 @@
-"""Wire protocol, version 3: the message records that travel through SQS, and their codec.
+"""Wire protocol, version 4: the message records that travel through SQS, and their codec.
 
 Pure data and encoding, no AWS calls: the transport moves these bodies, the dispatcher and
 worker build them. docs/protocol.md is the prose version of this module; change both at once
@@ -46,7 +46,7 @@ import pybase64
 
 from .errors import BatchExecError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: SQS's limit on a message body plus attributes, and on a SendMessageBatch call (bytes): 1 MiB
 #: since August 2025 (it was 256 KiB), and moto 5's. A queue's own MaximumMessageSize may be
@@ -446,7 +446,7 @@ def decode(body: str) -> Message:
 def script_digest(source: bytes) -> str:
     """Content address of the client's main script (SessionSettings.main_digest): a worker
     uses its own copy of the file only when this matches, else the copy shipped in S3."""
-    return hashlib.blake2b(source).hexdigest()
+    return hashlib.sha256(source).hexdigest()
 
 
 def session_attributes(session: str) -> dict:

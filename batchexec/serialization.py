@@ -75,8 +75,12 @@ def describe(fn) -> str:
 
 
 def digest(data: bytes) -> str:
-    """Content address of pickled bytes (callables, blobs, scripts)."""
-    return hashlib.blake2b(data, digest_size=12).hexdigest()
+    """Content address of pickled bytes and buffers (96 bits of SHA-256).
+
+    SHA-256 rather than BLAKE2b: the client hashes every buffer of every task (240 MB over a
+    1,024-chunk map_overlap graph), and with SHA instructions it runs at 1.75 GB/s against
+    0.9 on the 2-core VM (2026-11-25)."""
+    return hashlib.sha256(data).hexdigest()[:24]
 
 
 # -- the client's main script ------------------------------------------------------------------
