@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,6 +24,7 @@ from .protocol import (
     REJECTED_ATTRIBUTE,
     SQS_BATCH_ENTRIES,
     SQS_MESSAGE_LIMIT,
+    JsonText,
     authentic,
     session_attributes,
     sign,
@@ -54,6 +57,43 @@ def is_queue_gone(exc: BaseException) -> bool:
     return error_code(exc) in _QUEUE_GONE_CODES
 
 
+# -- bodies whose JSON literal is ready (protocol.JsonText) -----------------------------------
+# A SendMessageBatch entry for such a body carries a placeholder, and a botocore hook on the
+# request puts the literal where botocore serialized the placeholder, before the request is
+# signed. botocore then never scans the body (see JsonText for why that matters).
+
+_PLACEHOLDER = "batchexec-body-literal:{}"
+_SERIALIZED_PLACEHOLDER = re.compile(rb'"batchexec-body-literal:(\d+)"')
+#: The literals of the SendMessageBatch call this thread is making, by entry index.
+_pending = threading.local()
+
+
+def _insert_literals(params, **kwargs) -> None:
+    """botocore's before-call hook for SendMessageBatch (serialized, not yet signed)."""
+    literals = getattr(_pending, "literals", None)
+    if not literals:
+        return
+    body, parts, at = params["body"], [], 0
+    for m in _SERIALIZED_PLACEHOLDER.finditer(body):
+        literal = literals.get(int(m.group(1)))
+        if literal is not None:
+            parts += [body[at : m.start()], literal]
+            at = m.end()
+    parts.append(body[at:])
+    params["body"] = b"".join(parts)
+    _pending.inserted = True
+
+
+def _install_literal_hook(sqs) -> bool:
+    """Register the hook on a botocore client once; False for anything else (test doubles)."""
+    events = getattr(getattr(sqs, "meta", None), "events", None)
+    if events is None:
+        return False
+    events.register("before-call.sqs.SendMessageBatch", _insert_literals,
+                    unique_id="batchexec-body-literals")
+    return True
+
+
 @dataclass
 class Received:
     """One received SQS message."""
@@ -79,6 +119,7 @@ class MessageQueue:
         self.sqs = sqs
         self.url = url
         self.key = key
+        self._literals = _install_literal_hook(sqs)
 
     def __repr__(self) -> str:
         return f"MessageQueue({self.url.rsplit('/', 1)[-1]})"
@@ -108,16 +149,35 @@ class MessageQueue:
         ) + (len(MAC_ATTRIBUTE) + 64 + 6 if signing else 0)
         errors: list[str | None] = [None] * len(bodies)
         for group in _size_groups(list(enumerate(bodies)), attr_size, errors):
+            literals = {i: body.literal.encode("ascii") for i, body in group
+                        if self._literals and isinstance(body, JsonText)}  # fmt: skip
             entries = [
-                {"Id": str(i), "MessageBody": body,
+                {"Id": str(i),
+                 "MessageBody": _PLACEHOLDER.format(i) if i in literals else body,
                  "MessageAttributes": _with_mac(attrs, self.key, body) if signing else attrs}
                 for i, body in group
             ]
-            for index, reason in self._send_entries(entries).items():
+            for index, reason in self._send_entries(entries, literals).items():
                 errors[index] = reason
         return errors
 
-    def _send_entries(self, entries: list[dict]) -> dict[int, str]:
+    def _send_batch(self, entries: list[dict], literals: dict[int, bytes]) -> dict:
+        """One SendMessageBatch call, placeholders replaced by their literals."""
+        _pending.literals, _pending.inserted = literals, False
+        try:
+            resp = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+        finally:
+            inserted, _pending.literals = _pending.inserted, None
+        if literals and not inserted:  # botocore no longer calls the hook: never silent
+            raise TransportError(
+                "internal error: the request hook that inserts message bodies did not run "
+                "(an incompatible botocore?); the messages of this call were sent without "
+                "their bodies and will be rejected by the workers"
+            )
+        return resp
+
+    def _send_entries(self, entries: list[dict],
+                      literals: dict[int, bytes]) -> dict[int, str]:  # fmt: skip
         """One batch, retrying failed entries; returns {body index: reason} of those given up.
 
         Entries SQS blames on the sender (too large, malformed) fail at once; the others
@@ -126,7 +186,7 @@ class MessageQueue:
         given_up: dict[int, str] = {}
         for _ in range(_ENTRY_RETRIES):
             try:
-                resp = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+                resp = self._send_batch(entries, literals)
             except _AWS_ERRORS as exc:
                 if is_queue_gone(exc):
                     raise QueueGone(f"{self} no longer exists") from exc

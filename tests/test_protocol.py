@@ -78,6 +78,20 @@ def test_messages_with_large_payloads_written_by_hand_round_trip_in_order():
     assert protocol.decode(ResultMessage("s", "w", []).encode()).results == []
 
 
+def test_a_bodys_literal_is_what_json_dumps_writes():
+    """MessageQueue sends JsonText.literal as the body's JSON string: it must be exactly what
+    botocore would have written, for small and large payloads and ids that need escaping."""
+    for payload in (b"x", b"\x00" * 5000):
+        tasks = TaskMessage("s\u00e9", [TaskEntry('a"\\\n', "f\u2603", payload, None, [], None,
+                                                   ["b"])],
+                            {"f\u2603": b"fn"}, 2, {"r": "k"}, {"b": payload})
+        results = ResultMessage("s", 'w"1', [ResultEntry("\t", False, 0.5, payload),
+                                             ResultEntry("2", True, 0.1, None, "ref", "sha")])
+        for text in (tasks.encode(), results.encode()):
+            assert text.literal == json.dumps(text)
+            assert json.loads(text.literal) == text
+
+
 def test_result_and_event_round_trip():
     msg = ResultMessage("s", "w:0", [ResultEntry("1", True, 0.5, data=b"x"),
                                      ResultEntry("2", False, 1.0, ref="key")])
