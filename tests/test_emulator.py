@@ -554,7 +554,7 @@ def test_moto_internals_we_patch_still_exist():
 def test_the_speedups_leave_moto_answers_unchanged():
     """speedups.py replaces moto internals to save CPU; the answers must stay moto's (that
     the names exist is test_emulator_server's test of speedups.PATCHED)."""
-    code = textwrap.dedent("""
+    code = textwrap.dedent(r"""
         import hashlib
         from moto.core.responses import BaseResponse
         from moto.sqs.models import Message
@@ -575,6 +575,16 @@ def test_the_speedups_leave_moto_answers_unchanged():
         assert responses.parse_qsl("Action=ListQueues&b=%7B") == [("Action", "ListQueues"),
                                                                    ("b", "{")]
         assert responses.parse_qsl('{"QueueUrl": "q=1&x"}') == []
+        import json
+        from moto.core.serialize import BaseJSONSerializer
+        class Serializer:
+            pretty_print = False
+        body = {"Messages": [{"Body": 'q"\\\u00e9\n' + "A" * 5000, "N": 2**40, "F": 0.1}]}
+        assert json.loads(BaseJSONSerializer._serialize_body(Serializer(), body)) == body
+        odd = {"Body": "\ud800", "Big": 2**70}  # orjson refuses both: the library's answer
+        assert BaseJSONSerializer._serialize_body(Serializer(), odd) == json.dumps(odd)
+        Serializer.pretty_print = True
+        assert BaseJSONSerializer._serialize_body(Serializer(), body) == json.dumps(body, indent=4)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
