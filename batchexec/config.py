@@ -62,9 +62,14 @@ MAX_OUTPUT_LIMIT = 16 * MiB
 #: executor (dask reads ``_max_workers``): a round trip through SQS takes tens of ms, so tiny
 #: tasks need many in flight to keep workers busy, and then they pack several to a message.
 #: Measured on a dask.delayed graph of 4,000 tiny tasks (bench/bench_dask.py): 16 -> 12 s,
-#: 64 -> 5 s, 128 -> 3-5 s, 256 -> 2.3 s, against 1 s on ProcessPoolExecutor(2); 128 keeps
-#: the graph within 5x while a cancelled graph leaves little queued.
-DEFAULT_TASKS_PER_WORKER_HINT = 128
+#: 64 -> 5 s, 128 -> 3-5 s, 256 -> 2.3 s, against 1 s on ProcessPoolExecutor(2). Measured
+#: again on map_overlap over 1,024 chunks (15,002 tasks) once messages could carry 1 MiB
+#: (2026-11-25, BatchExecutor(2), two runs each): 64 -> 10.1-10.6 s, 128 -> 8.0-9.0 s,
+#: 256 -> 8.0-8.3 s, 512 -> 7.5-7.7 s, 1024 -> 7.0-7.6 s, 2048 and 4096 no better: more
+#: ready tasks in flight share more messages. 512 takes most of that gain, while an error
+#: in one task of a dask graph (dask stops waiting, the tasks already sent still run) wastes
+#: at most 512 tasks per worker.
+DEFAULT_TASKS_PER_WORKER_HINT = 512
 
 #: Environment variable of each SessionSettings field, as the worker reads it.
 ENV_PREFIX = "BATCHEXEC_"
