@@ -392,6 +392,18 @@ def _dump(obj, what: str, blobs: dict[str, bytes] | None,
     return buf.getvalue()
 
 
+def dumps_result(value) -> bytes:
+    """``cloudpickle.dumps(value)``, a task's result, through the C pickler where that writes
+    the same (see _FastPickler): results of dask's tasks are arrays and graph nodes. Errors
+    are cloudpickle's, for the caller to word."""
+    buf = io.BytesIO()
+    try:
+        _FastPickler(buf, main_by_reference=False).dump(value)
+        return buf.getvalue()
+    except Exception:
+        return cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file, blobs, buffers=None):
         super().__init__(file, buffers=buffers)

@@ -394,6 +394,22 @@ def test_payloads_of_importable_code_skip_cloudpickle_and_the_rest_keep_its_rule
             dumps(([buffer], {}), "arguments")
 
 
+def test_results_skip_cloudpickle_only_where_it_would_write_the_same(monkeypatch):
+    import cloudpickle
+
+    from batchexec import serialization
+
+    calls = []
+    real = cloudpickle.dumps
+    monkeypatch.setattr(cloudpickle, "dumps", lambda *a, **k: calls.append(a) or real(*a, **k))
+    plain = {"rows": [(1, 2.5, "x")], "type": _Global, "obj": _Global()}
+    back = loads(serialization.dumps_result(plain), "result")
+    assert back["rows"] == plain["rows"] and back["type"] is _Global and calls == []
+    scale = 3
+    assert loads(serialization.dumps_result(lambda v: v * scale), "result")(2) == 6
+    assert len(calls) == 1  # by value: cloudpickle's rules, as before
+
+
 def test_a_module_registered_for_pickling_by_value_goes_by_value_after_it_went_by_reference(
     tmp_path, monkeypatch
 ):

@@ -37,10 +37,8 @@ import sys
 import time
 from collections import OrderedDict
 
-import cloudpickle
-
 from ..errors import SerializationError
-from ..serialization import PICKLE_PROTOCOL, BlobTable, describe, dumps_exception, loads
+from ..serialization import BlobTable, describe, dumps_exception, dumps_result, loads
 from . import channel
 from .capture import boundary_mark
 from .channel import Channel
@@ -167,7 +165,7 @@ class Runner:
         except BaseException as exc:  # noqa: BLE001 - as ProcessPoolExecutor: any exception
             return False, dumps_exception(exc)
         try:
-            return True, cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+            return True, dumps_result(value)
         except Exception as exc:
             error = SerializationError(
                 f"the result of {describe(fn)} (a {type(value).__name__}) cannot be pickled: "
