@@ -365,14 +365,11 @@ def _dump(obj, what: str, blobs: dict[str, bytes] | None,
     main_by_reference = main_script_path() is not None
     if blobs is None:  # blobs need Pickler's persistent_id
         first = len(buffers) if buffers is not None else 0
-        buf = io.BytesIO()
-        try:
-            _FastPickler(buf, main_by_reference=main_by_reference,
-                         buffer_callback=callback).dump(obj)
-            return buf.getvalue()
-        except Exception:  # _NeedsCloudpickle, or an error Pickler will word
-            if buffers is not None:
-                del buffers[first:]
+        data = _fast_dump(obj, main_by_reference, callback)
+        if data is not None:
+            return data
+        if buffers is not None:
+            del buffers[first:]
     buf = io.BytesIO()
     pickler = Pickler(buf, main_by_reference=main_by_reference,
                       extract_blobs=blobs is not None, buffer_callback=callback)
@@ -392,16 +389,24 @@ def _dump(obj, what: str, blobs: dict[str, bytes] | None,
     return buf.getvalue()
 
 
+def _fast_dump(obj, main_by_reference: bool, buffer_callback=None) -> bytes | None:
+    """``obj`` pickled by _FastPickler; None when it needs cloudpickle's rules, or cannot be
+    pickled at all (the caller's cloudpickle path then says why)."""
+    buf = io.BytesIO()
+    try:
+        _FastPickler(buf, main_by_reference=main_by_reference,
+                     buffer_callback=buffer_callback).dump(obj)
+    except Exception:  # _NeedsCloudpickle, or an error for cloudpickle to meet and word
+        return None
+    return buf.getvalue()
+
+
 def dumps_result(value) -> bytes:
     """``cloudpickle.dumps(value)``, a task's result, through the C pickler where that writes
     the same (see _FastPickler): results of dask's tasks are arrays and graph nodes. Errors
     are cloudpickle's, for the caller to word."""
-    buf = io.BytesIO()
-    try:
-        _FastPickler(buf, main_by_reference=False).dump(value)
-        return buf.getvalue()
-    except Exception:
-        return cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+    data = _fast_dump(value, main_by_reference=False)
+    return data if data is not None else cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
 
 
 class _Unpickler(pickle.Unpickler):
