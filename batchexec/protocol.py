@@ -213,8 +213,37 @@ def encoded_len(n: int) -> int:
     return 4 * ((n + 2) // 3)
 
 
+class _PayloadEntry:
+    """What task and result entries share: one payload, in the attribute and JSON key
+    ``PAYLOAD`` (base64) unless it is in S3 at ``ref``; the rest of the entry is ``_head``."""
+
+    PAYLOAD: str
+    ref: str | None
+
+    def _head(self) -> dict:
+        raise NotImplementedError
+
+    def _inline(self) -> bytes | None:
+        return None if self.ref is not None else getattr(self, self.PAYLOAD) or b""
+
+    def to_json(self) -> dict:
+        d = self._head()
+        payload = self._inline()
+        if payload is not None:
+            d[self.PAYLOAD] = b64(payload)
+        return d
+
+    def hand_written(self) -> bool:
+        payload = self._inline()
+        return payload is not None and len(payload) >= HAND_WRITTEN
+
+    def write_json(self, w: _Writer) -> None:
+        """``to_json`` as JSON text, the payload's base64 written by hand."""
+        _write_entry(w, self._head(), self.PAYLOAD, self._inline())
+
+
 @dataclass
-class TaskEntry:
+class TaskEntry(_PayloadEntry):
     """One task of a task message.
 
     ``fn`` is the digest of its pickled callable, found in the message's ``fns`` (inline) or
@@ -233,12 +262,7 @@ class TaskEntry:
     blobs: list[str] = field(default_factory=list)
     sha: str | None = None  # digest of the object at ref: checked before it is unpickled
     buffers: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        d = self._head()
-        if self.ref is None:
-            d["args"] = b64(self.args or b"")
-        return d
+    PAYLOAD = "args"
 
     def _head(self) -> dict:
         """All but the inline arguments."""
@@ -251,13 +275,6 @@ class TaskEntry:
         if self.buffers:
             d["bufs"] = self.buffers
         return d
-
-    def hand_written(self) -> bool:
-        return self.ref is None and len(self.args or b"") >= HAND_WRITTEN
-
-    def write_json(self, w: _Writer) -> None:
-        """``to_json`` as JSON text, the arguments' base64 written by hand."""
-        _write_entry(w, self._head(), "args", None if self.ref is not None else self.args or b"")
 
     @classmethod
     def from_json(cls, d: dict) -> TaskEntry:
@@ -314,19 +331,14 @@ class TaskMessage:
 
 
 @dataclass
-class ResultEntry:
+class ResultEntry(_PayloadEntry):
     task_id: str
     ok: bool
     seconds: float = 0.0
     data: bytes | None = None
     ref: str | None = None
     sha: str | None = None  # digest of the object at ref: checked before it is unpickled
-
-    def to_json(self) -> dict:
-        d = self._head()
-        if self.ref is None:
-            d["data"] = b64(self.data or b"")
-        return d
+    PAYLOAD = "data"
 
     def _head(self) -> dict:
         d = {"id": self.task_id, "ok": self.ok, "s": round(self.seconds, 6)}
@@ -334,13 +346,6 @@ class ResultEntry:
             d["ref"] = self.ref
             d["sha"] = self.sha
         return d
-
-    def hand_written(self) -> bool:
-        return self.ref is None and len(self.data or b"") >= HAND_WRITTEN
-
-    def write_json(self, w: _Writer) -> None:
-        """``to_json`` as JSON text, the data's base64 written by hand."""
-        _write_entry(w, self._head(), "data", None if self.ref is not None else self.data or b"")
 
     @classmethod
     def from_json(cls, d: dict) -> ResultEntry:
