@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
+import botocore.session
 
+from . import jsonread
 from .errors import ConfigurationError, EndpointUnreachableError
 
 #: Longest SQS long poll (the service maximum). Read timeouts must exceed it.
@@ -88,9 +91,13 @@ class AwsClients:
         kwargs = {"region_name": self.region}
         if self.emulated:
             kwargs.update(_DUMMY_CREDENTIALS)
-            kwargs["botocore_session"] = _profile_free_botocore_session()
-        elif self.endpoint_url and not _has_credentials():
-            kwargs.update(_DUMMY_CREDENTIALS)
+            botocore_session = _profile_free_botocore_session()
+        else:
+            botocore_session = botocore.session.get_session()  # what boto3 would make
+            if self.endpoint_url and not _has_credentials():
+                kwargs.update(_DUMMY_CREDENTIALS)
+        botocore_session.register_component("response_parser_factory", FastJsonParsers())
+        kwargs["botocore_session"] = botocore_session
         try:
             self._session = boto3.session.Session(**kwargs)
         except botocore.exceptions.ProfileNotFound as exc:
@@ -180,12 +187,43 @@ def _profile_error(exc: Exception) -> ConfigurationError:
 
 def _profile_free_botocore_session():
     """A botocore session that ignores AWS_PROFILE and the user's config files."""
-    import botocore.session
-
     session = botocore.session.Session()
     session.set_config_variable("profile", "default")  # instance variables beat AWS_PROFILE
     session._config = {"profiles": {"default": {}}}  # ... and ~/.aws/config is not read
     return session
+
+
+class FastJsonParsers(botocore.parsers.ResponseParserFactory):
+    """botocore's response parsers, reading JSON bodies through `jsonread`.
+
+    Why: botocore reads every SQS answer with json.loads, bodies and all (the bodies are
+    escaped strings inside it, which json.loads reads at about 0.9 GB/s here and orjson at
+    3.3). The parsers are botocore's own; only the step that turns the body's bytes into
+    Python values is replaced, and only where orjson gives json.loads's answer (see
+    jsonread). A body orjson refuses goes to botocore's own step, so errors, empty bodies
+    and non-JSON answers are botocore's. Registered on our botocore sessions as the
+    documented ``response_parser_factory`` component; a parser class without the step
+    (XML protocols) is left as it is.
+    """
+
+    def create_parser(self, protocol_name):
+        parser = super().create_parser(protocol_name)
+        botocores_own = getattr(parser, "_parse_body_as_json", None)
+        if botocores_own is not None:
+            parser._parse_body_as_json = _json_body_reader(botocores_own)
+        return parser
+
+
+def _json_body_reader(botocores_own):
+    def read(body_contents):
+        if body_contents:
+            try:  # botocore decodes as UTF-8 first; so do we
+                return jsonread.loads(body_contents.decode("utf-8"))
+            except ValueError:  # not UTF-8, or not JSON: botocore's own answer for it
+                pass
+        return botocores_own(body_contents)
+
+    return read
 
 
 #: Error codes that prove an AWS-compatible service answered (an XML/JSON error body).

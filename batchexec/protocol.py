@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import pybase64
 
+from . import jsonread
 from .errors import BatchExecError
 
 PROTOCOL_VERSION = 4
@@ -478,7 +479,7 @@ Message = TaskMessage | ResultMessage | OutputMessage | WorkerEvent
 def decode(body: str) -> Message:
     """Parse any batchexec message body; ProtocolError for anything else."""
     try:
-        d = json.loads(body)
+        d = jsonread.loads(body)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"not a batchexec message (not JSON): {exc}") from None
     if not isinstance(d, dict) or "v" not in d:

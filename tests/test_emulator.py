@@ -585,6 +585,16 @@ def test_the_speedups_leave_moto_answers_unchanged():
         assert BaseJSONSerializer._serialize_body(Serializer(), odd) == json.dumps(odd)
         Serializer.pretty_print = True
         assert BaseJSONSerializer._serialize_body(Serializer(), body) == json.dumps(body, indent=4)
+        from moto.core.parse import BaseJSONParser
+        class Parser:
+            DEFAULT_ENCODING = "utf-8"
+        for request in ['{"QueueUrl": "q", "Entries": [{"Id": "1", "MessageBody": "{\\"v\\": 4}"}]}',
+                        '{"Big": 18446744073709551616, "F": 0.5}', '{"N": NaN}', "not JSON", "",
+                        '{"S": "\\ud800"}', '{"a": 1}'.encode("utf-16"), b'{"b": 2}']:
+            got = BaseJSONParser._parse_body_as_json(Parser(), request)
+            want = json.loads(request) if request and request != "not JSON" else (
+                {"message": request} if request else {})
+            assert repr(got) == repr(want), (request, got, want)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
