@@ -16,6 +16,9 @@ from batchexec.aws import AwsClients, FastJsonParsers
 DOCUMENTS = [
     '{"Messages": [{"Body": "{\\"v\\": 4}", "MessageId": "a"}]}',
     "18446744073709551616",  # past 64 bits: orjson would give a float
+    "18446744073709551615",  # orjson's largest integer
+    "-9223372036854775808",  # ... and its smallest
+    "[9223372036854775807.0, 1e300, -1.5e-7, 0.1]",  # floats from float literals
     '{"a": [1, {"b": -9223372036854775809}]}',  # ... however deep
     '[1.5, 2, "x"]',
     '{"a": 1, "a": 2}',
@@ -51,6 +54,7 @@ def test_loads_reads_ordinary_documents_without_json_loads(monkeypatch):
 
     monkeypatch.setattr(jsonread.json, "loads", refuse)
     assert jsonread.loads(DOCUMENTS[0])["Messages"][0]["MessageId"] == "a"
+    assert jsonread.loads('{"seconds": 0.0123, "n": 1}')["seconds"] == 0.0123  # a duration
     with pytest.raises(AssertionError):
         jsonread.loads("18446744073709551616")
 
