@@ -297,3 +297,172 @@ def test_sqs_calls_answered_without_flask_match_moto_app_answers():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "MOTO_PORT": "5000"})  # fmt: skip
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+SQS_FAST_COMPARISON = textwrap.dedent("""
+    import json, sys
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.test import Client
+    from batchexec.emulator import moto_fixes, speedups
+    from batchexec.emulator.sqs_direct import SqsDirect
+    from batchexec.emulator.sqs_fast import SqsFastPath
+
+    moto_fixes.install()
+    speedups.install()
+    slow = SqsDirect(DomainDispatcherApplication(create_backend_app))
+    fast = SqsFastPath(slow)
+    passed_on = []  # the three calls, when the fast path handed them to moto's responder
+    HOT = ("SendMessageBatch", "ReceiveMessage", "DeleteMessageBatch")
+
+    def spy(environ, start):
+        if environ["HTTP_X_AMZ_TARGET"][10:] in HOT:
+            passed_on.append(environ["HTTP_X_AMZ_TARGET"][10:])
+        return slow(environ, start)
+
+    fast.app = spy
+
+    # The same calls in two regions, which moto keeps apart: moto's responder answers in one,
+    # the fast path in the other, so their states and answers must stay alike.
+    def call(app, region, op, body, key="AKIAIOSFODNN7EXAMPLE"):
+        auth = (f"AWS4-HMAC-SHA256 Credential={key}/20261125/{region}/sqs/aws4_request, "
+                "SignedHeaders=host, Signature=00")
+        r = Client(app).post("/", data=json.dumps(body), headers={
+            "X-Amz-Target": "AmazonSQS." + op, "Authorization": auth,
+            "Content-Type": "application/x-amz-json-1.0", "Host": "localhost:5000"})
+        headers = sorted((k.lower(), v) for k, v in r.headers.items()
+                         if k.lower() not in ("date", "x-amzn-requestid", "content-length"))
+        data = r.get_data()
+        answer = json.loads(data) if data.startswith(b"{") else data
+        handles = {}
+        if isinstance(answer, dict):  # ids differ between the regions: compare their shape
+            for item in answer.get("Successful", []) + answer.get("Messages", []):
+                if "ReceiptHandle" in item:
+                    handles[item["MessageId"]] = item.pop("ReceiptHandle")
+                item.pop("MessageId", None)
+                for stamp in ("SentTimestamp", "ApproximateFirstReceiveTimestamp"):
+                    if stamp in item.get("Attributes", {}):  # a millisecond apart
+                        item["Attributes"][stamp] = "a time"
+        return (r.status, headers, answer), handles
+
+    def both(op, body, **kw):
+        (a, ha), (b, hb) = call(slow, "us-east-1", op, body, **kw), call(fast, "eu-west-1", op, body, **kw)
+        assert a == b, (op, body, a, b)
+        return a, list(ha.values()), list(hb.values())
+
+    def created(name, **attributes):
+        urls = [call(app, region, "CreateQueue", {"QueueName": name, "Attributes": {
+                    k: v.replace("REGION", region) for k, v in attributes.items()}})
+                [0][2]["QueueUrl"] for app, region in ((slow, "us-east-1"), (fast, "eu-west-1"))]
+        assert urls[0] == urls[1], urls
+        return urls[0]
+
+    url = created("q", VisibilityTimeout="30")
+    dlq = created("dlq")
+    redriven = created("r", RedrivePolicy=json.dumps({
+        "deadLetterTargetArn": "arn:aws:sqs:REGION:123456789012:dlq", "maxReceiveCount": 1}))
+    mac = {"DataType": "String", "StringValue": "m" * 44}
+    version = {"DataType": "Number", "StringValue": "4"}
+    entry = {"Id": "0", "MessageBody": '{"v": 4, "caf\\u00e9": "\\\\"}',
+             "MessageAttributes": {"bx-mac": mac, "bx-v": version}}
+    plain = [
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": [entry, {**entry, "Id": "1"}]}),
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": [{"Id": "p", "MessageBody": "x"}]}),
+        ("ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 1, "WaitTimeSeconds": 0,
+                            "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
+                            "MessageAttributeNames": ["All"]}),
+        ("ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10,
+                            "AttributeNames": ["All"], "MessageAttributeNames": ["bx-v"]}),
+        ("ReceiveMessage", {"QueueUrl": url, "WaitTimeSeconds": 0}),  # empty: {}
+    ]
+    for op, body in plain:
+        answer, slow_handles, fast_handles = both(op, body)
+    assert passed_on == [], passed_on  # batchexec's own calls never reach moto's responder
+    receipts = both("ReceiveMessage", {"QueueUrl": url, "VisibilityTimeout": 0,
+                                       "MaxNumberOfMessages": 10})
+    # (all three are invisible for 30 s: none to receive)
+    assert receipts[0][2] == {}, receipts
+
+    # Visibility 0, then received again: receive counts move alike.
+    both("SendMessageBatch", {"QueueUrl": redriven, "Entries": [{"Id": "a", "MessageBody": "y"}]})
+    first = both("ReceiveMessage", {"QueueUrl": redriven, "VisibilityTimeout": 0,
+                                    "AttributeNames": ["All"]})
+    # maxReceiveCount 1: the second receive moves it to the dead-letter queue, on both paths
+    both("ReceiveMessage", {"QueueUrl": redriven, "AttributeNames": ["All"]})
+    moved = both("ReceiveMessage", {"QueueUrl": dlq, "MessageSystemAttributeNames": ["All"],
+                                    "VisibilityTimeout": 0})
+    assert len(moved[0][2].get("Messages", [])) == 1, moved
+
+    # Deletes: good receipts, an unknown one, and the answer for each.
+    got = both("ReceiveMessage", {"QueueUrl": dlq, "VisibilityTimeout": 0})
+    entries = lambda handles: [{"Id": "d0", "ReceiptHandle": handles[0]},
+                               {"Id": "d1", "ReceiptHandle": "not-a-receipt"}]
+    a, _ = call(slow, "us-east-1", "DeleteMessageBatch", {"QueueUrl": dlq, "Entries": entries(got[1])})
+    b, _ = call(fast, "eu-west-1", "DeleteMessageBatch", {"QueueUrl": dlq, "Entries": entries(got[2])})
+    assert a == b and a[2]["Successful"] == [{"Id": "d0"}], (a, b)
+    assert passed_on == [], passed_on
+
+    # What the fast path leaves to moto: each is answered as moto answers it.
+    before = len(passed_on)
+    odd = [
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": [{**entry, "DelaySeconds": 1}]}),
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": [{**entry, "MessageAttributes": {
+            "b": {"DataType": "Binary", "BinaryValue": "AAEC"}}}]}),
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": [{**entry, "MessageAttributes": {
+            "s": {"DataType": "Stringy", "StringValue": "x"}}}]}),  # not a type moto knows
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": [entry, entry]}),  # ids not distinct
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": [{**entry, "Id": "no spaces"}]}),
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": [{**entry, "Id": str(i)}
+                                                           for i in range(11)]}),
+        ("SendMessageBatch", {"QueueUrl": url, "Entries": []}),
+        ("SendMessageBatch", {"QueueUrl": url + "-missing", "Entries": [entry]}),
+        ("ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 11}),
+        ("ReceiveMessage", {"QueueUrl": url + "-missing"}),
+        ("DeleteMessageBatch", {"QueueUrl": url, "Entries": []}),
+        ("DeleteMessageBatch", {"QueueUrl": url, "Entries": [
+            {"Id": "a", "ReceiptHandle": "r"}, {"Id": "b", "ReceiptHandle": "r"}]}),
+    ]
+    for op, body in odd:
+        both(op, body)
+    assert len(passed_on) == before + len(odd), passed_on
+    # The binary attribute, sent through moto, comes back through the fast path as moto's.
+    binary = both("ReceiveMessage", {"QueueUrl": created("b"), "WaitTimeSeconds": 0})
+    both("SendMessageBatch", {"QueueUrl": created("b"), "Entries": [{**entry, "MessageAttributes": {
+        "b": {"DataType": "Binary", "BinaryValue": "AAEC"}}}]})
+    before = len(passed_on)
+    binary = both("ReceiveMessage", {"QueueUrl": created("b"), "MessageAttributeNames": ["All"]})
+    assert binary[0][2]["Messages"][0]["MessageAttributes"]["b"]["BinaryValue"] == "AAEC", binary
+    assert len(passed_on) == before, passed_on
+
+    # FIFO queues are moto's.
+    fifo = created("f.fifo", FifoQueue="true", ContentBasedDeduplication="true")
+    both("SendMessageBatch", {"QueueUrl": fifo, "Entries": [{**entry, "MessageGroupId": "g"}]})
+    both("ReceiveMessage", {"QueueUrl": fifo, "AttributeNames": ["All"]})
+    assert passed_on[-2:] == ["SendMessageBatch", "ReceiveMessage"], passed_on
+
+    # IAM enforcement on: moto's responder decides, the same way for both.
+    Client(slow).post("/moto-api/reset-auth", data="0", headers={"Content-Type": "text/plain"})
+    before = len(passed_on)
+    a = both("SendMessageBatch", {"QueueUrl": url, "Entries": [entry]}, key="AKIAUNKNOWNKEY000000")
+    assert a[0][0].startswith("403") and len(passed_on) == before + 1, (a, passed_on)
+    print("ok")
+""")
+
+
+def test_sqs_fast_path_answers_as_moto_does():
+    """sqs_fast.py answers batchexec's three hot SQS calls from moto's backend: the same
+    answers and the same state as moto's responder, for what batchexec sends and for what it
+    leaves to moto (which must reach moto's responder untouched)."""
+    r = subprocess.run([sys.executable, "-c", SQS_FAST_COMPARISON], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "MOTO_PORT": "5000"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-4000:]
+
+
+def test_the_sqs_fast_path_can_be_turned_off(monkeypatch):
+    """BATCHEXEC_EMULATOR_SQS_FAST=0: every SQS call through moto's responder (to rule the
+    fast path out when an emulator answer looks wrong, and for before/after benchmarks)."""
+    from batchexec.emulator import sqs_fast
+
+    monkeypatch.delenv("BATCHEXEC_EMULATOR_SQS_FAST", raising=False)
+    assert sqs_fast.enabled()
+    monkeypatch.setenv("BATCHEXEC_EMULATOR_SQS_FAST", "0")
+    assert not sqs_fast.enabled()

@@ -51,12 +51,14 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     from .control import ControlMiddleware
     from .keepalive import KeepAliveRequestHandler
     from .sqs_direct import SqsDirect
+    from .sqs_fast import SqsFastPath, enabled
 
     class RequestHandler(KeepAliveRequestHandler):
         pass
 
     RequestHandler.log_requests = log_requests  # werkzeug would log every request to stderr
-    app = ControlMiddleware(SqsDirect(DomainDispatcherApplication(create_backend_app)))
+    app = SqsDirect(DomainDispatcherApplication(create_backend_app))
+    app = ControlMiddleware(SqsFastPath(app) if enabled() else app)
     if port:
         _check_port_free(host, port)  # werkzeug would print a paragraph and sys.exit(1)
     server = make_server(host, port, app, threaded=True, request_handler=RequestHandler)
