@@ -54,7 +54,7 @@ from .errors import (
 )
 from .launcher import BatchLauncher, WorkerMonitor
 from .mapping import chunks, map_results, run_chunk
-from .serialization import describe, digest, dumps, dumps_apart, main_script_path
+from .serialization import describe, dumps_apart, dumps_callable, main_script_path
 from .session import Session, SessionHeartbeat
 from .tasks import NotAccepted, TaskTable, WorkItem
 from .threads import TaskFuture, settle
@@ -468,6 +468,4 @@ class BatchExecutor(Executor):
 
 
 def _pickle_callable(fn, label: str) -> tuple[bytes, str, dict[str, bytes]]:
-    blobs: dict[str, bytes] = {}
-    data = dumps(fn, f"callable {label}", blobs=blobs)
-    return data, digest(data), blobs
+    return dumps_callable(fn, f"callable {label}")

@@ -345,7 +345,8 @@ SQS_FAST_COMPARISON = textwrap.dedent("""
         return (r.status, headers, answer), handles
 
     def both(op, body, **kw):
-        (a, ha), (b, hb) = call(slow, "us-east-1", op, body, **kw), call(fast, "eu-west-1", op, body, **kw)
+        a, ha = call(slow, "us-east-1", op, body, **kw)
+        b, hb = call(fast, "eu-west-1", op, body, **kw)
         assert a == b, (op, body, a, b)
         return a, list(ha.values()), list(hb.values())
 
@@ -396,8 +397,10 @@ SQS_FAST_COMPARISON = textwrap.dedent("""
     got = both("ReceiveMessage", {"QueueUrl": dlq, "VisibilityTimeout": 0})
     entries = lambda handles: [{"Id": "d0", "ReceiptHandle": handles[0]},
                                {"Id": "d1", "ReceiptHandle": "not-a-receipt"}]
-    a, _ = call(slow, "us-east-1", "DeleteMessageBatch", {"QueueUrl": dlq, "Entries": entries(got[1])})
-    b, _ = call(fast, "eu-west-1", "DeleteMessageBatch", {"QueueUrl": dlq, "Entries": entries(got[2])})
+    a, _ = call(slow, "us-east-1", "DeleteMessageBatch",
+                {"QueueUrl": dlq, "Entries": entries(got[1])})
+    b, _ = call(fast, "eu-west-1", "DeleteMessageBatch",
+                {"QueueUrl": dlq, "Entries": entries(got[2])})
     assert a == b and a[2]["Successful"] == [{"Id": "d0"}], (a, b)
     assert passed_on == [], passed_on
 

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from batchexec import protocol
+from batchexec import protocol, serialization
 from batchexec.config import MAX_INLINE_LIMIT, ExecutorOptions, SessionSettings
 from batchexec.dispatcher import TaskDispatcher
 from batchexec.errors import (
@@ -465,3 +465,43 @@ class _Global:
     @classmethod
     def method(cls):
         return cls
+
+
+def test_a_callable_that_goes_by_reference_is_pickled_once(monkeypatch):
+    """dask submits one module function per task: its pickle is kept, not written again."""
+    import json as some_module  # any importable function goes by reference
+
+    first = serialization.dumps_callable(some_module.dumps, "callable")
+    calls = []
+    monkeypatch.setattr(serialization, "dumps", lambda *a, **k: calls.append(a) or b"")
+    assert serialization.dumps_callable(some_module.dumps, "callable") == first
+    assert calls == []
+    assert loads(first[0], "callable") is some_module.dumps
+    assert first[1] == serialization.digest(first[0]) and first[2] == {}
+    # functions that go by value are pickled every time (a script may define a name again)
+    scale = 2
+    serialization.dumps_callable(lambda v: v * scale, "callable")
+    assert len(calls) == 1
+
+
+def test_a_cached_callable_goes_by_value_once_its_module_is_registered(tmp_path, monkeypatch):
+    import sys
+
+    import cloudpickle
+
+    (tmp_path / "bx_cached_mod.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import bx_cached_mod
+
+    try:
+        by_reference = serialization.dumps_callable(bx_cached_mod.triple, "callable")[0]
+        assert b"bx_cached_mod" in by_reference
+        assert serialization.dumps_callable(bx_cached_mod.triple, "callable")[0] == by_reference
+        cloudpickle.register_pickle_by_value(bx_cached_mod)
+        data = serialization.dumps_callable(bx_cached_mod.triple, "callable")[0]
+    finally:
+        cloudpickle.unregister_pickle_by_value(bx_cached_mod)
+        del sys.modules["bx_cached_mod"]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    assert data != by_reference
+    assert loads(data, "callable")(7) == 21  # the module is gone: it came by value

@@ -89,11 +89,11 @@ def install() -> None:
     import orjson
     from moto.core.parse import BaseJSONParser
     from moto.core.serialize import BaseJSONSerializer
-
-    from .. import jsonread
     from moto.moto_api._internal import mock_random
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
     from moto.sqs.models import Message, SQSBackend
+
+    from .. import jsonread
 
     if getattr(DomainDispatcherApplication, "_batchexec_cached", False):
         return
