@@ -218,14 +218,21 @@ def test_moto_internals_the_speedups_patch_still_exist():
     """setup.cfg pins moto because speedups.py replaces these; fail loudly when they move."""
     code = textwrap.dedent("""
         import importlib
-        from batchexec.emulator import speedups
-        for module, name in speedups.PATCHED:
+        from batchexec.emulator import speedups, sqs_lock
+        for module, name in speedups.PATCHED + sqs_lock.PATCHED:
             obj = importlib.import_module(module)
             for part in name.split("."):
                 obj = getattr(obj, part)
             assert callable(obj) or isinstance(obj, property), (module, name)
         speedups.install()
         speedups.install()  # idempotent
+        sqs_lock.install()
+        sqs_lock.install()
+        from moto.sqs.models import Queue
+        assert Queue.wait_for_messages._batchexec_lets_go
+        inner = [c.cell_contents for c in Queue.wait_for_messages.__closure__
+                 if callable(c.cell_contents)]
+        assert not any(hasattr(f, "_batchexec_lets_go") for f in inner)  # not wrapped twice
         import moto.core.responses as r
         from moto.sqs.responses import SQSResponse
         assert "send_message" in r.method_names_from_class(SQSResponse)
@@ -469,3 +476,82 @@ def test_the_sqs_fast_path_can_be_turned_off(monkeypatch):
     assert sqs_fast.enabled()
     monkeypatch.setenv("BATCHEXEC_EMULATOR_SQS_FAST", "0")
     assert not sqs_fast.enabled()
+
+
+SQS_CONCURRENCY = textwrap.dedent("""
+    import json, sys, threading, time
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.test import Client
+    from batchexec.emulator import moto_fixes, speedups, sqs_lock
+    from batchexec.emulator.sqs_direct import SqsDirect
+    from batchexec.emulator.sqs_fast import SqsFastPath
+
+    moto_fixes.install()
+    speedups.install()
+    sqs_lock.install()
+    slow = SqsDirect(DomainDispatcherApplication(create_backend_app))
+    AUTH = ("AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261125/us-east-1/sqs/"
+            "aws4_request, SignedHeaders=host, Signature=00")
+
+    def call(app, op, body):
+        r = Client(app).post("/", data=json.dumps(body), headers={
+            "X-Amz-Target": "AmazonSQS." + op, "Authorization": AUTH,
+            "Content-Type": "application/x-amz-json-1.0", "Host": "localhost:5000"})
+        return r.status_code, r.get_data()
+
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: races show up
+    for name, app in (("through-moto", slow), ("fast", SqsFastPath(slow))):
+        url = json.loads(call(app, "CreateQueue", {"QueueName": name})[1])["QueueUrl"]
+        errors, sent, got, done = [], [0], [0], threading.Event()
+        counting = threading.Lock()  # += is not atomic across threads
+        deadline = time.monotonic() + 40
+
+        def sender():
+            for i in range(120):
+                status, data = call(app, "SendMessageBatch", {"QueueUrl": url, "Entries": [
+                    {"Id": str(j), "MessageBody": "x" * 100, "MessageAttributes": {
+                        "a": {"DataType": "String", "StringValue": "b"}}} for j in range(10)]})
+                if status != 200:
+                    errors.append(("send", status, data[:300]))
+                else:
+                    sent[0] += 10
+            done.set()
+
+        def receiver():
+            while time.monotonic() < deadline and not (done.is_set() and got[0] >= sent[0]):
+                try:
+                    status, data = call(app, "ReceiveMessage", {
+                        "QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1})
+                except Exception as exc:  # what moto's debug-mode server turns into a 500
+                    errors.append(("receive", repr(exc)))
+                    continue
+                if status != 200:
+                    errors.append(("receive", status, data[:300]))
+                    continue
+                messages = json.loads(data).get("Messages", [])
+                with counting:
+                    got[0] += len(messages)
+                if messages:
+                    call(app, "DeleteMessageBatch", {"QueueUrl": url, "Entries": [
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(messages)]})
+
+        threads = [threading.Thread(target=sender)] + [
+            threading.Thread(target=receiver) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and got[0] == sent[0] == 1200, (name, sent, got, errors[:3])
+    print("ok")
+""")
+
+
+def test_concurrent_sqs_calls_lose_no_message():
+    """moto's SQS backend is not thread-safe: a receive racing a send failed after marking
+    messages received, which then stayed invisible for their visibility timeout (a 60 s
+    stall). sqs_lock.py serializes the calls; both paths must deliver every message, with
+    threads switching as often as they can."""
+    r = subprocess.run([sys.executable, "-c", SQS_CONCURRENCY], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "MOTO_PORT": "5000"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-4000:]

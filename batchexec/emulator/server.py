@@ -47,7 +47,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
 
-    from . import jobs, moto_fixes, speedups
+    from . import jobs, moto_fixes, speedups, sqs_lock
     from .control import ControlMiddleware
     from .keepalive import KeepAliveRequestHandler
     from .sqs_direct import SqsDirect
@@ -68,6 +68,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, log_requests: bool = False,
     os.environ["MOTO_PORT"] = str(bound)  # moto builds some URLs (SQS queue URLs) from it
     moto_fixes.install()
     speedups.install()
+    sqs_lock.install()
     runtime = None
     if containers:
         from .containers import ContainerRuntime

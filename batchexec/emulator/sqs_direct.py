@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .sqs_lock import SQS_BACKEND
+
 #: The header botocore's JSON protocol names the operation in.
 _TARGET_PREFIX = "AmazonSQS."
 
@@ -54,7 +56,8 @@ class SqsDirect:
         request = self._request(environ)
         self._recorder._record_request(request)
         try:
-            result = self._dispatch(request, request.raw_url, dict(request.headers))
+            with SQS_BACKEND:  # see sqs_lock.py: moto's SQS backend is not thread-safe
+                result = self._dispatch(request, request.raw_url, dict(request.headers))
         except self._client_error as exc:
             result = 400, {}, exc.response["Error"]["Message"]
         if len(result) == 3:

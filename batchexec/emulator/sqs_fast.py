@@ -40,6 +40,7 @@ import pybase64
 
 from .. import jsonread
 from .control import _read_body
+from .sqs_lock import SQS_BACKEND
 
 #: moto's system attribute names, in the order its responder writes them.
 _SYSTEM_ATTRIBUTES = ("AWSTraceHeader", "ApproximateFirstReceiveTimestamp",
@@ -109,10 +110,11 @@ class SqsFastPath:
                 raise _NotHere
             backend = self._backend(environ)
             queue_name = _queue_name(params["QueueUrl"])
-            queue = backend.get_queue(queue_name)  # QueueDoesNotExist: moto's answer
-            if queue.fifo_queue:
-                raise _NotHere
-            answer = handler(backend, queue, queue_name, params)
+            with SQS_BACKEND:  # see sqs_lock.py: moto's SQS backend is not thread-safe
+                queue = backend.get_queue(queue_name)  # QueueDoesNotExist: moto's answer
+                if queue.fifo_queue:
+                    raise _NotHere
+                answer = handler(backend, queue, queue_name, params)
         except _Changed as exc:  # the backend changed state: moto's responder must not repeat
             raise exc.__cause__  # noqa: B904 - a 500, as from moto's responder in debug mode
         except Exception:  # noqa: BLE001 - _NotHere, or anything moto refuses: moto answers
