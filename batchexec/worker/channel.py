@@ -22,12 +22,15 @@ system call whether a whole frame is waiting (the runner marks task boundaries a
 the supervisor takes every waiting reply at once and never blocks on half a frame); writes
 are gathered, so several tasks go out in one write (``send_frames``). Small frames are joined
 into one write; large blobs are written (and read) as they are, not copied into a frame.
+Headers are written and read by orjson: json's encoder and decoder were 4-5% of a runner's
+busy time under dask's 15,000-task graphs (two headers a task each way).
 """
 
 from __future__ import annotations
 
-import json
 import socket
+
+import orjson
 
 #: Frames up to this many bytes are joined into one write (one system call, one copy).
 JOIN_LIMIT = 1 << 20
@@ -41,8 +44,7 @@ class ChannelError(EOFError):
 
 def frame(kind: str, header: dict | None = None, *blobs: bytes) -> list[bytes]:
     """The pieces of one frame, in order (join them or write them one after another)."""
-    head = json.dumps(dict(header or {}, kind=kind, sizes=[len(b) for b in blobs]),
-                      separators=(",", ":")).encode()  # fmt: skip
+    head = orjson.dumps(dict(header or {}, kind=kind, sizes=[len(b) for b in blobs]))
     return [len(head).to_bytes(4, "big"), head, *blobs]
 
 
@@ -144,7 +146,7 @@ class Channel:
     def _parsed_head(self, n: int) -> dict:
         if self._head is None:
             try:
-                head = json.loads(self._buf[self._at + 4 : self._at + 4 + n])
+                head = orjson.loads(self._buf[self._at + 4 : self._at + 4 + n])
                 head["sizes"] = [int(x) for x in head["sizes"]]
                 str(head["kind"])
             except (ValueError, KeyError, TypeError) as exc:

@@ -144,20 +144,24 @@ class Runner:
         flush_output()  # what a leaked thread wrote goes before the mark: between tasks
         write_mark(boundary_mark(self.token, seq))
         started = time.perf_counter()
-        ok, data = self._call(task_id, head.get("digest"), fn_bytes, args_bytes, buffers)
+        ok, data = self._call(task_id, head.get("digest"), fn_bytes, args_bytes, buffers,
+                              bool(keys))  # fmt: skip
         seconds = time.perf_counter() - started
         self.blobs.clear_pending()
         flush_output()  # all the task wrote is in the pipes before its result is sent
         self.conn.send("result", {"id": task_id, "seq": seq, "ok": ok, "seconds": seconds}, data)
 
     def _call(self, task_id: str, digest: str | None, fn_bytes: bytes, args_bytes: bytes,
-              buffers: list[bytes]):  # fmt: skip
+              buffers: list[bytes], uses_blobs: bool):  # fmt: skip
         try:
             fn = self._function(digest, fn_bytes, task_id)
             # Private, writable copies: a task may change an array argument in place, as it
             # can one pickled in band; tasks sharing a buffer or a blob each get their own.
+            # A task that names no blob unpickles without the blob hook (pickle's own C
+            # path: most of dask's tasks, whose arrays travel as out-of-band buffers).
             args, kwargs = loads(args_bytes, f"arguments of task {task_id}",
-                                 self.blobs.private(), [bytearray(b) for b in buffers])
+                                 self.blobs.private() if uses_blobs else None,
+                                 [bytearray(b) for b in buffers])  # fmt: skip
         except SerializationError as exc:
             return False, dumps_exception(exc)
         try:
