@@ -7,7 +7,8 @@ under dask's map_overlap (2026-11-25, 1,024 chunks, about 950 calls a graph), th
 parsing each request against the service model, the response class's set-up (headers, region,
 account, authorization), the serializer walking the answer's shape, and werkzeug's request and
 response objects. Answering SendMessageBatch, ReceiveMessage and DeleteMessageBatch here cut
-the server to 1.4 s and the graph from about 7.1 s to 6.4 s.
+the server's CPU over the graph from 2.5-2.9 s to 1.65-1.76 s (alternating runs with the
+path turned off; docs/benchmarks.md).
 
 What stays moto's: every change of state. Messages are sent, received (visibility, receive
 counts, redrive to the dead-letter queue, long polling) and deleted by moto's ``SQSBackend``
