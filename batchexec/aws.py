@@ -12,6 +12,7 @@ unreachable endpoint is an error in seconds, not a hang, and the read timeout ou
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from contextlib import contextmanager
@@ -210,20 +211,9 @@ class FastJsonParsers(botocore.parsers.ResponseParserFactory):
         parser = super().create_parser(protocol_name)
         botocores_own = getattr(parser, "_parse_body_as_json", None)
         if botocores_own is not None:
-            parser._parse_body_as_json = _json_body_reader(botocores_own)
+            parser._parse_body_as_json = functools.partial(jsonread.read_body,
+                                                           own=botocores_own)  # fmt: skip
         return parser
-
-
-def _json_body_reader(botocores_own):
-    def read(body_contents):
-        if body_contents:
-            try:  # botocore decodes as UTF-8 first; so do we
-                return jsonread.loads(body_contents.decode("utf-8"))
-            except ValueError:  # not UTF-8, or not JSON: botocore's own answer for it
-                pass
-        return botocores_own(body_contents)
-
-    return read
 
 
 #: Error codes that prove an AWS-compatible service answered (an XML/JSON error body).

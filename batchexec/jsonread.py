@@ -24,6 +24,7 @@ under a microsecond per value, against 3-6 ms per 1 MiB body saved.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -58,3 +59,17 @@ def _holds_big_float(value: Any) -> bool:
         elif kind is float and not -_INTEGER_LIMIT < item < _INTEGER_LIMIT:
             return True
     return False
+
+
+def read_body(body: Any, own: Callable[[Any], Any]) -> Any:
+    """A request's or answer's body read as botocore and moto read it (UTF-8, then JSON),
+    through `loads`; a body that is empty, not UTF-8 or not JSON goes to the library's own
+    reader ``own``, whose answer (or error) it is."""
+    if body:
+        try:
+            text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+            if isinstance(text, str):
+                return loads(text)
+        except ValueError:  # not UTF-8 (UnicodeDecodeError), or not JSON
+            pass
+    return own(body)

@@ -110,7 +110,7 @@ class ControlMiddleware:
     def _partial(self, environ: dict, start_response: Any, service: str, operation: str) -> Any:
         """An SQS batch call with some entries refused: the rest go through to moto, and the
         refused ones are added to moto's answer under "Failed"."""
-        request = json.loads(_read_body(environ) or b"{}")
+        request = json.loads(read_body(environ) or b"{}")
         entries = request.get("Entries", [])
         refused: dict[int, Fault] = {}
         with self._lock:
@@ -128,7 +128,7 @@ class ControlMiddleware:
         failed = [{"Id": entries[i]["Id"], "SenderFault": f.status < 500, "Code": f.code,
                    "Message": f.message} for i, f in sorted(refused.items())]
         kept = [e for i, e in enumerate(entries) if i not in refused]
-        if not failed:  # nothing to refuse in this call (_read_body put the body back)
+        if not failed:  # nothing to refuse in this call (read_body put the body back)
             return self._forward(environ, start_response, service, operation)
         if not kept:
             return _json(start_response, 200, {"Successful": [], "Failed": failed},
@@ -178,14 +178,14 @@ class ControlMiddleware:
             from . import jobs
 
             try:
-                spec = json.loads(_read_body(environ) or b"{}")
+                spec = json.loads(read_body(environ) or b"{}")
                 jobs.capacity.set(bool(spec["available"]), str(spec.get("reason", "")))
             except (ValueError, TypeError, KeyError) as exc:
                 return _json(start_response, 400, {"error": f"bad capacity spec: {exc}"})
             return _json(start_response, 200, jobs.capacity.state())
         if what == "faults" and method == "POST":
             try:
-                spec = json.loads(_read_body(environ) or b"{}")
+                spec = json.loads(read_body(environ) or b"{}")
                 fault = Fault(**spec)
             except (ValueError, TypeError) as exc:
                 return _json(start_response, 400, {"error": f"bad fault spec: {exc}"})
@@ -266,14 +266,14 @@ def _query_action(environ: dict) -> str | None:
         return action[0]
     ctype = environ.get("CONTENT_TYPE", "")
     if environ.get("REQUEST_METHOD") == "POST" and "x-www-form-urlencoded" in ctype:
-        body = _read_body(environ)
+        body = read_body(environ)
         action = parse_qs(body.decode("utf-8", "replace")).get("Action")
         if action:
             return action[0]
     return None
 
 
-def _read_body(environ: dict) -> bytes:
+def read_body(environ: dict) -> bytes:
     """Read the request body and put it back, so the wrapped app can read it again.
 
     A chunked body has no Content-Length: the server marks its input as ending where the body

@@ -176,18 +176,7 @@ def install() -> None:
     parse_body_as_json = BaseJSONParser._parse_body_as_json
 
     def fast_parse_body_as_json(self, body_contents):
-        text = body_contents
-        if isinstance(body_contents, (bytes, bytearray)):  # moto decodes them as UTF-8 first
-            try:
-                text = body_contents.decode(self.DEFAULT_ENCODING)
-            except UnicodeDecodeError:
-                text = None
-        if text and isinstance(text, str):
-            try:
-                return jsonread.loads(text)
-            except ValueError:  # not JSON: moto's own answer for it
-                pass
-        return parse_body_as_json(self, body_contents)
+        return jsonread.read_body(body_contents, lambda body: parse_body_as_json(self, body))
 
     original_unix_time = sqs_models.unix_time
     DomainDispatcherApplication.get_backend_for_host = get_backend_for_host

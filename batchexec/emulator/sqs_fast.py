@@ -40,7 +40,7 @@ import orjson
 import pybase64
 
 from .. import jsonread
-from .control import _read_body
+from .control import read_body
 from .sqs_lock import SQS_BACKEND
 
 #: moto's system attribute names, in the order its responder writes them.
@@ -50,9 +50,8 @@ _SYSTEM_ATTRIBUTES = ("AWSTraceHeader", "ApproximateFirstReceiveTimestamp",
 _RECEIVE_KEYS = frozenset({"QueueUrl", "MaxNumberOfMessages", "WaitTimeSeconds",
                            "VisibilityTimeout", "AttributeNames",
                            "MessageSystemAttributeNames", "MessageAttributeNames"})  # fmt: skip
-_SEND_KEYS = frozenset({"QueueUrl", "Entries"})
+_BATCH_KEYS = frozenset({"QueueUrl", "Entries"})  # SendMessageBatch's and DeleteMessageBatch's
 _SEND_ENTRY_KEYS = frozenset({"Id", "MessageBody", "MessageAttributes"})
-_DELETE_KEYS = frozenset({"QueueUrl", "Entries"})
 _DELETE_ENTRY_KEYS = frozenset({"Id", "ReceiptHandle"})
 
 
@@ -104,7 +103,7 @@ class SqsFastPath:
                 or self._recorder._user_enabled  # recorded requests go through moto
                 or self._auth.request_count >= self._settings.INITIAL_NO_AUTH_ACTION_COUNT):
             return self.app(environ, start_response)  # fmt: skip
-        body = _read_body(environ)  # and put back for moto's responder
+        body = read_body(environ)  # and put back for moto's responder
         try:
             params = jsonread.loads(body)
             if not isinstance(params, dict) or not isinstance(params.get("QueueUrl"), str):
@@ -150,7 +149,7 @@ class SqsFastPath:
 
     def _send_message_batch(self, backend, queue, queue_name: str, params: dict) -> dict:
         entries = params.get("Entries")
-        if (set(params) - _SEND_KEYS or not isinstance(entries, list) or not entries
+        if (set(params) - _BATCH_KEYS or not isinstance(entries, list) or not entries
                 or not all(_plain_entry(e, _SEND_ENTRY_KEYS, "MessageBody") for e in entries)):
             raise _NotHere  # fmt: skip
         batch = {}
@@ -218,7 +217,7 @@ class SqsFastPath:
 
     def _delete_message_batch(self, backend, queue, queue_name: str, params: dict) -> dict:
         entries = params.get("Entries")
-        if (set(params) - _DELETE_KEYS or not isinstance(entries, list) or not entries
+        if (set(params) - _BATCH_KEYS or not isinstance(entries, list) or not entries
                 or not all(_plain_entry(e, _DELETE_ENTRY_KEYS, "ReceiptHandle") for e in entries)
                 or len({e["ReceiptHandle"] for e in entries}) != len(entries)):
             raise _NotHere  # fmt: skip
