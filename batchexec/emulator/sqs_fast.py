@@ -79,6 +79,7 @@ class SqsFastPath:
         from moto.sqs.models import sqs_backends
         from moto.sqs.responses import SQSResponse
         from moto.sqs.utils import validate_message_attributes
+        from werkzeug.datastructures import EnvironHeaders
 
         self.app = app
         self._settings = settings
@@ -87,6 +88,7 @@ class SqsFastPath:
         self._recorder = recorder
         self._backends = sqs_backends
         self._response_class = SQSResponse
+        self._headers = EnvironHeaders
         self._validate_attributes = validate_message_attributes
         self._default_count = DEFAULT_RECEIVED_MESSAGES
         self._max_visibility = MAXIMUM_VISIBILITY_TIMEOUT
@@ -131,9 +133,7 @@ class SqsFastPath:
 
     def _backend(self, environ: dict) -> Any:
         """moto's region and account for this request, found by moto's own methods."""
-        from werkzeug.datastructures import EnvironHeaders
-
-        headers = EnvironHeaders(environ)
+        headers = self._headers(environ)
         response = self._response_class()
         response.headers = headers
         response.querystring = {}
