@@ -392,10 +392,10 @@ def main() -> None:
         try:
             for ex in executors.values():  # warm: workers up, script and dask imported
                 dask.compute(delayed_graph(50)[0], overlap_graph(200, 100), scheduler=ex)
+            # Each executor goes first in every other round: whatever the machine does over
+            # a minute (another tenant, a cache) falls on both alike.
+            order = list(executors.items())
             for i in range(args.rounds):
-                # Each executor goes first in every other round: whatever the machine does
-                # over a minute (another tenant, a cache) falls on both alike.
-                order = list(executors.items())
                 for name, ex in order if i % 2 == 0 else order[::-1]:
                     control.reset_requests()
                     t, value = timed_compute(delayed, ex)

@@ -435,11 +435,12 @@ SQS_FAST_COMPARISON = textwrap.dedent("""
         both(op, body)
     assert len(passed_on) == before + len(odd), passed_on
     # The binary attribute, sent through moto, comes back through the fast path as moto's.
-    binary = both("ReceiveMessage", {"QueueUrl": created("b"), "WaitTimeSeconds": 0})
-    both("SendMessageBatch", {"QueueUrl": created("b"), "Entries": [{**entry, "MessageAttributes": {
+    box = created("b")
+    both("ReceiveMessage", {"QueueUrl": box, "WaitTimeSeconds": 0})
+    both("SendMessageBatch", {"QueueUrl": box, "Entries": [{**entry, "MessageAttributes": {
         "b": {"DataType": "Binary", "BinaryValue": "AAEC"}}}]})
     before = len(passed_on)
-    binary = both("ReceiveMessage", {"QueueUrl": created("b"), "MessageAttributeNames": ["All"]})
+    binary = both("ReceiveMessage", {"QueueUrl": box, "MessageAttributeNames": ["All"]})
     assert binary[0][2]["Messages"][0]["MessageAttributes"]["b"]["BinaryValue"] == "AAEC", binary
     assert len(passed_on) == before, passed_on
 
