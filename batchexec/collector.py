@@ -27,6 +27,7 @@ from . import protocol
 from .batching import LINGER_SECONDS, gather
 from .config import SQS_MAX_VISIBILITY
 from .errors import SerializationError, TaskDeadLetteredError, WorkersUnavailableError
+from .held import HeldBuffers
 from .output import OutputPrinter
 from .protocol import (
     SQS_BATCH_ENTRIES,
@@ -118,8 +119,10 @@ class ResultCollector(QueuePoller):
         on_broken: BreakHandler,
         printer: OutputPrinter | None = None,
         dead_letters: MessageQueue | None = None,
+        held: HeldBuffers | None = None,
     ):
         super().__init__("batchexec-collector", table, queue, on_broken)
+        self.held = held or HeldBuffers(0)
         self.store = store
         self.session = session
         self.dead_letters = dead_letters
@@ -155,7 +158,7 @@ class ResultCollector(QueuePoller):
             log.warning("ignoring a message of session %s on our result queue", msg.session)
         elif isinstance(msg, ResultMessage):
             for entry in msg.results:
-                self._resolve(entry)
+                self._resolve(entry, msg.worker)
         elif isinstance(msg, OutputMessage):
             self.printer.print(msg)
         elif isinstance(msg, WorkerEvent):
@@ -199,12 +202,20 @@ class ResultCollector(QueuePoller):
         else:
             log.debug("worker %s: %s", msg.worker, msg.event)
 
-    def _resolve(self, entry: ResultEntry) -> None:
+    def _resolve(self, entry: ResultEntry, worker: str) -> None:
+        if entry.missing is not None:  # not run: its worker lacks buffers its message named
+            record = self.table.requeue(entry.task_id)
+            if record is not None:
+                self.held.delivered(record.message, worker)
+                log.debug("task %s: worker %s does not hold %d buffer(s); sending it again "
+                          "with them", entry.task_id, worker, len(entry.missing))
+            return
         if entry.ref:
             self._garbage.append(entry.ref)  # read below, or a duplicate's: either way done
         record = self.table.resolve(entry.task_id, entry.seconds)
         if record is None:
             return  # a duplicate: the task was already resolved
+        self.held.delivered(record.message, worker)
         self._garbage.extend(record.garbage)
         try:
             data = self.store.get(entry.ref) if entry.ref else entry.data

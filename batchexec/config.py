@@ -71,6 +71,15 @@ MAX_OUTPUT_LIMIT = 16 * MiB
 #: at most 512 tasks per worker.
 DEFAULT_TASKS_PER_WORKER_HINT = 512
 
+#: Bytes of argument buffers each worker keeps from the task messages it received, so the
+#: client can name a buffer that every worker holds instead of sending it again (0: off).
+#: dask passes one chunk to tasks that become ready at different times: map_overlap over
+#: 1,024 chunks sent each chunk in five messages on average. Workers run on GPU instances
+#: with tens of GiB; the client deems "recent" half of this (held.py).
+DEFAULT_BUFFER_CACHE_BYTES = 128 * MiB
+#: Upper bound on buffer_cache_bytes (per worker process).
+MAX_BUFFER_CACHE_BYTES = 16 * 1024 * MiB
+
 #: Environment variable of each SessionSettings field, as the worker reads it.
 ENV_PREFIX = "BATCHEXEC_"
 
@@ -110,6 +119,8 @@ class SessionSettings:
     #: decoded. It reaches workers only through their job's environment (never S3 or a
     #: queue), which another session's task code cannot read.
     session_key: str = ""
+    #: See DEFAULT_BUFFER_CACHE_BYTES; 0 (keep nothing) for settings that do not name it.
+    buffer_cache_bytes: int = 0
 
     def __post_init__(self):
         if not 0 < self.max_task_seconds < SQS_MAX_VISIBILITY:
@@ -186,6 +197,7 @@ class ExecutorOptions:
     forward_output: bool = True
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     tasks_per_worker_hint: int = DEFAULT_TASKS_PER_WORKER_HINT
+    buffer_cache_bytes: int = DEFAULT_BUFFER_CACHE_BYTES
 
     def __post_init__(self):
         # (kind, low, high, why the bounds): checked here so that a value AWS would refuse
@@ -204,6 +216,8 @@ class ExecutorOptions:
                                  "seconds; SQS hides a received message at most 12 hours"),
             "output_limit": (int, 0, MAX_OUTPUT_LIMIT, "bytes of output per task"),
             "tasks_per_worker_hint": (int, 1, 10_000, "tasks in flight per worker"),
+            "buffer_cache_bytes": (int, 0, MAX_BUFFER_CACHE_BYTES,
+                                   "bytes of argument buffers each worker keeps"),
         }
         for name, (kind, lo, hi, why) in checks.items():
             value = getattr(self, name)

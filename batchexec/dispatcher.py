@@ -16,7 +16,10 @@ What goes to S3, and how often:
 
 Out-of-band buffers that fit travel in the message's ``bufs``, once per message however many
 of its tasks list them, and count once towards its size: tasks that share an array share its
-bytes (dask gives each chunk to every task that slices it).
+bytes (dask gives each chunk to every task that slices it). A buffer that every worker holds
+from an earlier message (held.py) is only named, in the message's ``held``; such a task is
+kept until it is resolved, to be sent again whole if its worker answers that it does not
+hold one (TaskTable.requeue).
 
 A send that SQS partly refuses fails exactly the tasks of the refused entries: the accepted
 ones run and resolve as usual. Nothing here holds a task's data after it is sent.
@@ -28,6 +31,7 @@ import logging
 from collections.abc import Callable
 
 from . import protocol
+from .held import HeldBuffers
 from .protocol import TaskEntry, TaskMessage
 from .serialization import digest
 from .tasks import TaskTable, WorkItem
@@ -49,8 +53,10 @@ class TaskDispatcher(ServiceThread):
         session: str,
         inline_limit: int,
         on_broken: Callable[[BaseException], None],
+        held: HeldBuffers | None = None,
     ):
         super().__init__("batchexec-dispatcher", on_broken)
+        self.held = held or HeldBuffers(0)
         self.table = table
         self.queue = queue
         self.store = store
@@ -72,10 +78,12 @@ class TaskDispatcher(ServiceThread):
         for items in packs:
             messages.extend(self._encode(self._live(items)))
         sent = []
-        for entries, body in messages:
+        for entries, body, bufs in messages:
             # Registered before sending: a fast worker's result may arrive before send returns.
-            if self.table.register_message(entries) is not None:
-                sent.append((entries, body))
+            number = self.table.register_message(entries)
+            if number is not None:
+                self.held.sent(number, bufs)
+                sent.append((entries, body, number))
         if sent:
             self._send(sent)
 
@@ -83,24 +91,28 @@ class TaskDispatcher(ServiceThread):
         """Mark futures running; drop those cancelled (or failed by a break) meanwhile."""
         live = []
         for item in items:
-            try:
-                running = item.future.set_running_or_notify_cancel()
-            except RuntimeError:  # already failed: the executor broke
-                running = False
+            if item.resend:  # running since its first send
+                running = not item.future.done()
+            else:
+                try:
+                    running = item.future.set_running_or_notify_cancel()
+                except RuntimeError:  # already failed: the executor broke
+                    running = False
             if running:
                 live.append(item)
             else:
                 self._forget(item)
         return live
 
-    def _send(self, sent: list[tuple[list[tuple[WorkItem, str | None]], str]]) -> None:
+    def _send(self, sent: list[tuple[list[tuple[WorkItem, str | None]], str, int]]) -> None:
         try:
-            errors = self.queue.send_each([body for _, body in sent], self.session)
+            errors = self.queue.send_each([body for _, body, _ in sent], self.session)
         except TransportError as exc:  # the whole call failed: nothing was accepted
             errors = [str(exc)] * len(sent)
-        for (entries, _), error in zip(sent, errors, strict=True):
+        for (entries, _, number), error in zip(sent, errors, strict=True):
             if error is None:
                 continue
+            self.held.forget(number)
             log.error("sending a message of %d task(s) failed: %s", len(entries), error)
             garbage = []
             for item, _payload in entries:
@@ -116,21 +128,24 @@ class TaskDispatcher(ServiceThread):
                     log.warning("%s", exc)
 
     def _encode(self, items: list[WorkItem]):
-        """Encode items as message bodies under the SQS size limit: [(entries, body)]."""
+        """Encode items as message bodies under the SQS size limit: [(entries, body, the
+        buffers it carries inline)]."""
         out = []
         batch: list[tuple[WorkItem, str | None]] = []
         entries: list[TaskEntry] = []
         fns: dict[str, bytes] = {}
         refs: dict[str, str] = {}
         bufs: dict[str, bytes] = {}
+        held: dict[str, None] = {}
         size = 0
 
-        def message() -> tuple[list, str]:
-            return batch, TaskMessage(self.session, entries, fns, 0, refs, bufs).encode()
+        def message() -> tuple[list, str, dict[str, bytes]]:
+            body = TaskMessage(self.session, entries, fns, 0, refs, bufs, list(held)).encode()
+            return batch, body, bufs
 
         for item in items:
             try:
-                entry, item_refs, item_bufs = self._entry(item)
+                entry, item_refs, item_bufs, item_held = self._entry(item)
             except TransportError as exc:
                 self._forget(item)
                 settle(item.future, error=exc)
@@ -143,15 +158,18 @@ class TaskDispatcher(ServiceThread):
             extra = 0 if (entry.fn in fns or entry.fn in refs) else fn_size
             extra += sum(len(k) + len(v) + 8 for k, v in item_refs.items() if k not in refs)
             extra += sum(_buffer_size(k, v) for k, v in item_bufs.items() if k not in bufs)
+            extra += sum(len(k) + 3 for k in item_held if k not in held)
             if batch and size + n + extra > protocol.MESSAGE_BODY_LIMIT:
                 out.append(message())
-                batch, entries, fns, refs, bufs, size = [], [], {}, {}, {}, 0
+                batch, entries, fns, refs, bufs, held, size = [], [], {}, {}, {}, {}, 0
                 extra = fn_size + sum(len(k) + len(v) + 8 for k, v in item_refs.items())
                 extra += sum(_buffer_size(k, v) for k, v in item_bufs.items())
+                extra += sum(len(k) + 3 for k in item_held)
             if inline_fn:
                 fns.setdefault(entry.fn, item.fn_bytes)
             refs.update(item_refs)
             bufs.update(item_bufs)
+            held.update(dict.fromkeys(item_held))
             batch.append((item, entry.ref))
             entries.append(entry)
             size += n + extra
@@ -159,9 +177,11 @@ class TaskDispatcher(ServiceThread):
             out.append(message())
         return out
 
-    def _entry(self, item: WorkItem) -> tuple[TaskEntry, dict[str, str], dict[str, bytes]]:
-        """The task's entry, the content-addressed S3 objects it refers to, and the
-        out-of-band buffers that travel in its message.
+    def _entry(self, item: WorkItem
+               ) -> tuple[TaskEntry, dict[str, str], dict[str, bytes], list[str]]:  # fmt: skip
+        """The task's entry, the content-addressed S3 objects it refers to, the out-of-band
+        buffers that travel in its message, and those it only names (every worker holds
+        them; not for a task sent again because its worker did not).
 
         Buffers go inline while the task's inline bytes (its arguments when inline, and its
         buffers) stay within the inline limit, so one task always fits in a message; the
@@ -174,19 +194,23 @@ class TaskDispatcher(ServiceThread):
         inline_args = len(item.args_bytes) <= self.inline_limit
         room = self.inline_limit - (len(item.args_bytes) if inline_args else 0)
         bufs = {}
+        held = []
         for key, data in item.buffers.items():
-            if len(data) <= room:
+            if not item.resend and self.held.held_by_all(key):
+                held.append(key)
+            elif len(data) <= room:
                 bufs[key] = data
                 room -= len(data)
             else:
                 refs[key] = self._upload_once(key, data)
+        item.names_held = bool(held)
         blobs, buffers = list(item.blobs), list(item.buffer_order)
         if not inline_args:
             ref = self.store.put(f"tasks/{item.task_id}", item.args_bytes)
             return TaskEntry(item.task_id, item.fn_digest, ref=ref, blobs=blobs,
-                             sha=digest(item.args_bytes), buffers=buffers), refs, bufs
+                             sha=digest(item.args_bytes), buffers=buffers), refs, bufs, held
         return TaskEntry(item.task_id, item.fn_digest, args=item.args_bytes, blobs=blobs,
-                         buffers=buffers), refs, bufs
+                         buffers=buffers), refs, bufs, held
 
     def _upload_once(self, digest: str, data: bytes) -> str:
         """The S3 key of a shared object, uploading it if no outstanding task has."""

@@ -52,6 +52,7 @@ from .errors import (
     SerializationError,
     WorkersUnavailableError,
 )
+from .held import HeldBuffers
 from .launcher import BatchLauncher, WorkerMonitor
 from .mapping import chunks, map_results, run_chunk
 from .serialization import describe, dumps_apart, dumps_callable, main_script_path
@@ -104,6 +105,9 @@ class BatchExecutor(Executor):
         prefixed with its worker (default True); output_limit: bytes forwarded per task.
     tasks_per_worker_hint: clients that size their concurrency from ``_max_workers`` (dask)
         see max_workers times this, enough tasks in flight to hide the round trip.
+    buffer_cache_bytes: bytes of argument arrays each worker keeps from the messages it
+        received (default 128 MiB, 0: off), so that an array passed again to later tasks
+        (dask gives one chunk to several tasks) is named instead of sent again.
 
     Attributes: ``stack`` (the discovered batchexec.stack.StackResources: bucket, queues, job
     queue...), ``session_id``, ``max_workers``, ``endpoint_url`` (None on AWS itself).
@@ -197,13 +201,15 @@ class BatchExecutor(Executor):
             start_timeout=self._options.start_timeout,
             failure_budget=self._workers * self._options.max_attempts + 1,
         )
+        held = HeldBuffers(self._options.buffer_cache_bytes)
         collector = ResultCollector(self._table, session.results, session.store, session.id,
-                                    self._set_broken, dead_letters=session.dead_letters)
+                                    self._set_broken, dead_letters=session.dead_letters,
+                                    held=held)
         self._janitor = collector.janitor
         self._heartbeat = SessionHeartbeat(session, self._set_broken)
         self._threads = [
             TaskDispatcher(self._table, session.tasks, session.store, session.id,
-                           self._options.inline_limit, self._set_broken),
+                           self._options.inline_limit, self._set_broken, held),
             collector,
             self._janitor,
             self._watcher,

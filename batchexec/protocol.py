@@ -1,4 +1,4 @@
-"""Wire protocol, version 4: the message records that travel through SQS, and their codec.
+"""Wire protocol, version 5: the message records that travel through SQS, and their codec.
 
 Pure data and encoding, no AWS calls: the transport moves these bodies, the dispatcher and
 worker build them. docs/protocol.md is the prose version of this module; change both at once
@@ -8,25 +8,33 @@ A body is JSON text (SQS bodies are text). Pickled bytes travel base64-encoded i
 S3 under the session's prefix when larger than the inline limit (the SQS extended-client
 pattern); the entry then carries the object key in ``ref`` instead of the bytes.
 
-    task message    {"v":3, "type":"tasks", "session":S, "prior_attempts":N,
+    task message    {"v":5, "type":"tasks", "session":S, "prior_attempts":N,
                      "fns":{digest: b64(cloudpickle(fn))},
                      ["bufs":{digest: b64(raw bytes)}], ["refs":{digest: s3 key}],
+                     ["held":[digest...]],
                      "tasks":[{"id":T, "fn":digest, "args":b64(cloudpickle((args, kwargs)))
                                | "ref":key, "sha":digest,
                                ["blobs":[digest...]], ["bufs":[digest...]]}]}
-    result message  {"v":3, "type":"results", "session":S, "worker":W,
+    result message  {"v":5, "type":"results", "session":S, "worker":W,
                      "results":[{"id":T, "ok":bool, "s":seconds, "data":b64(...)}
-                                | {"id":T, "ok":bool, "s":seconds, "ref":key}]}
-    output message  {"v":3, "type":"output", "session":S, "worker":W,
+                                | {"id":T, "ok":bool, "s":seconds, "ref":key}
+                                | {"id":T, "ok":false, "missing":[digest...]}]}
+    output message  {"v":5, "type":"output", "session":S, "worker":W,
                      "lines":[{"id":T|null, "stream":"stdout"|"stderr", "text":str}]}
-    worker event    {"v":3, "type":"worker", "session":S, "worker":W, "event":E,
+    worker event    {"v":5, "type":"worker", "session":S, "worker":W, "event":E,
                      ["error":b64(cloudpickle(RemoteException))], ["message":str],
                      ["info":{...}]}
 
-Version 3 (from 2): out-of-band buffers. A task's ``bufs`` lists, in pickle order, the
-digests of the raw buffers its arguments were pickled without (serialization.SHARE_THRESHOLD);
-each is in the message's ``bufs`` (inline, once however many of its tasks list it) or
-``refs`` (S3, content-addressed, once per session). Version 2 (from 1): output messages;
+Version 5 (from 4): held buffers. A task message's ``held`` lists digests of out-of-band
+buffers that it carries neither inline nor in S3, because every worker the client knows of
+received them in an earlier message of the session (buffer_cache.py); a worker keeps the
+buffers of the messages it receives for a while. A worker that does not hold one answers the
+task with a ``missing`` result, not run and not charged, and the client sends it again with
+every buffer inline. Version 4 (from 3): SHA-256 digests. Version 3 (from 2): out-of-band
+buffers. A task's ``bufs`` lists, in pickle order, the digests of the raw buffers its
+arguments were pickled without (serialization.SHARE_THRESHOLD); each is in the message's
+``bufs`` (inline, once however many of its tasks list it) or ``refs`` (S3,
+content-addressed, once per session). Version 2 (from 1): output messages;
 worker events "started", "version_mismatch" and "protocol_mismatch" with their "message" and
 "info" fields. A peer that meets another version raises ProtocolVersionError, which names both
 versions.
@@ -253,7 +261,7 @@ class TaskEntry(_PayloadEntry):
     (deleted once the task is resolved). ``blobs`` lists the digests of large buffers pickled
     apart from the arguments (persistent ids), each in the message's ``refs``. ``buffers``
     lists, in the order unpickling takes them, the digests of the raw out-of-band buffers of
-    the arguments, each in the message's ``bufs`` or ``refs``.
+    the arguments, each in the message's ``bufs``, ``refs`` or ``held``.
     """
 
     task_id: str
@@ -295,6 +303,8 @@ class TaskMessage:
     prior_attempts: int = 0
     refs: dict[str, str] = field(default_factory=dict)
     bufs: dict[str, bytes] = field(default_factory=dict)
+    #: Digests of buffers its tasks name that the worker should hold from earlier messages.
+    held: list[str] = field(default_factory=list)
 
     def encode(self) -> JsonText:
         """The message's JSON text (payloads written by hand: see HAND_WRITTEN, JsonText)."""
@@ -306,6 +316,8 @@ class TaskMessage:
         }
         if self.refs:
             d["refs"] = self.refs
+        if self.held:
+            d["held"] = self.held
         w = _Writer()
         w.add(json.dumps(d, separators=_SEPARATORS)[:-1] + ',"fns":')
         _b64_object(w, self.fns)
@@ -324,7 +336,8 @@ class TaskMessage:
         return TaskMessage(self.session, entries,
                            {k: v for k, v in self.fns.items() if k in wanted}, prior_attempts,
                            {k: v for k, v in self.refs.items() if k in wanted},
-                           {k: v for k, v in self.bufs.items() if k in wanted})  # fmt: skip
+                           {k: v for k, v in self.bufs.items() if k in wanted},
+                           [k for k in self.held if k in wanted])  # fmt: skip
 
     def single(self, entry: TaskEntry, prior_attempts: int) -> TaskMessage:
         """A message holding just one of this message's tasks (used to split a failed pack)."""
@@ -339,13 +352,18 @@ class ResultEntry(_PayloadEntry):
     data: bytes | None = None
     ref: str | None = None
     sha: str | None = None  # digest of the object at ref: checked before it is unpickled
+    #: Not a result: the worker did not hold these buffers of the task's message's ``held``,
+    #: so the task did not run; the client sends it again with its buffers inline.
+    missing: list[str] | None = None
     PAYLOAD = "data"
 
     def _head(self) -> dict:
-        d = {"id": self.task_id, "ok": self.ok, "s": round(self.seconds, 6)}
+        d: dict = {"id": self.task_id, "ok": self.ok, "s": round(self.seconds, 6)}
         if self.ref is not None:
             d["ref"] = self.ref
             d["sha"] = self.sha
+        if self.missing is not None:
+            d["missing"] = self.missing
         return d
 
     @classmethod
@@ -357,6 +375,7 @@ class ResultEntry(_PayloadEntry):
             unb64(d["data"]) if "data" in d else None,
             d.get("ref"),
             d.get("sha"),
+            list(d["missing"]) if "missing" in d else None,
         )
 
     def encoded_size(self) -> int:
@@ -496,6 +515,7 @@ def decode(body: str) -> Message:
                 int(d.get("prior_attempts", 0)),
                 dict(d.get("refs", {})),
                 {k: unb64(v) for k, v in d.get("bufs", {}).items()},
+                list(d.get("held", ())),
             )
         if kind == "results":
             return ResultMessage(

@@ -146,6 +146,7 @@ class Session:
             initializer_digest=initializer_digest,
             session_key=secrets.token_hex(32),
             output_limit=options.output_limit if options.forward_output else 0,
+            buffer_cache_bytes=options.buffer_cache_bytes,
             max_task_seconds=max_task_seconds,
             job_timeout=stack.job_timeout,
             client_python=f"{sys.version_info.major}.{sys.version_info.minor}",

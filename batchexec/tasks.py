@@ -65,6 +65,10 @@ class WorkItem:
     blobs: dict[str, bytes] = field(default_factory=dict)
     buffers: dict[str, bytes] = field(default_factory=dict)
     buffer_order: tuple[str, ...] = ()
+    #: Its message names buffers the worker should hold (kept until resolved, to resend).
+    names_held: bool = False
+    #: Sent again, whole, after its worker did not hold a named buffer (already running).
+    resend: bool = False
 
     @property
     def size(self) -> int:
@@ -81,7 +85,9 @@ class InFlight:
     """A task whose message was sent: what is needed to resolve it and return its credit.
 
     ``payload`` is the S3 key of the task's own arguments, when they travelled there: deleted
-    once the task is resolved. Nothing else of the task (callable, arguments) is kept.
+    once the task is resolved. Nothing else of the task (callable, arguments) is kept, except
+    for a task whose message named buffers the worker should hold: ``retained`` keeps it
+    until it is resolved, to send it again whole if the worker does not hold them.
     """
 
     future: Future
@@ -90,6 +96,7 @@ class InFlight:
     payload: str | None = None
     shared: tuple[str, ...] = ()
     garbage: list[str] = field(default_factory=list)  # S3 keys freed by its resolution
+    retained: WorkItem | None = None
 
 
 class TaskTable:
@@ -236,8 +243,9 @@ class TaskTable:
             self.credits -= 1
             for item, payload in entries:
                 self._dispatching.pop(item.task_id, None)
-                self._in_flight[item.task_id] = InFlight(item.future, item.label, number,
-                                                         payload, item.shared)
+                self._in_flight[item.task_id] = InFlight(
+                    item.future, item.label, number, payload, item.shared,
+                    retained=item if item.names_held else None)
             # The collectors wait for tasks in flight: wake them.
             self._changed.notify_all()
             return number
@@ -289,12 +297,8 @@ class TaskTable:
             if seconds is not None:
                 m = self.mean_seconds
                 self.mean_seconds = seconds if m is None else (1 - _EWMA) * m + _EWMA * seconds
-            left = self._messages[record.message] - 1
-            if left:
-                self._messages[record.message] = left
-            else:
-                del self._messages[record.message]
-                self.credits += 1
+            left = self._message_done(record.message)
+            record.retained = None  # nothing of the task is kept past its resolution
             record.garbage = self._release(record.shared)
             if record.payload:
                 record.garbage.append(record.payload)
@@ -302,14 +306,45 @@ class TaskTable:
                 self._changed.notify_all()
             return record
 
+    def requeue(self, task_id: str) -> InFlight | None:
+        """A task whose worker did not hold the buffers its message named: back to the front
+        of the queue, to be sent again with every buffer inline. None for a duplicate answer
+        (the task was resolved, or was sent again already)."""
+        with self._lock:
+            record = self._in_flight.get(task_id)
+            if record is None or record.retained is None:
+                return None
+            del self._in_flight[task_id]
+            self._message_done(record.message)
+            item, record.retained = record.retained, None
+            item.names_held, item.resend = False, True
+            self._pending.appendleft(item)
+            self._changed.notify_all()
+            return record
+
+    def _message_done(self, message: int) -> int:
+        """One task of a message has left it; returns the message's credit when it was the
+        last. Returns how many tasks of it are left."""
+        left = self._messages[message] - 1
+        if left:
+            self._messages[message] = left
+        else:
+            del self._messages[message]
+            self.credits += 1
+        return left
+
     # -- cancellation and failure -------------------------------------------------------------
 
     def drain_pending(self, keep: int = 0) -> list[WorkItem]:
-        """Remove the tasks not yet sent, except the first ``keep`` (for cancel_futures)."""
+        """Remove the tasks not yet sent, except the first ``keep`` (for cancel_futures) and
+        those waiting to be sent again (they were sent for execution: they finish)."""
         with self._lock:
-            items = list(self._pending)[keep:]
+            kept: deque[WorkItem] = deque()
+            items = []
+            for i, item in enumerate(self._pending):
+                (kept if i < keep or item.resend else items).append(item)
+            self._pending = kept
             for item in items:
-                self._pending.pop()
                 self._release(item.shared)  # the objects stay until the session is removed
             self._changed.notify_all()
             return items

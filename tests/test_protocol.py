@@ -199,9 +199,9 @@ def test_dispatcher_splits_messages_under_the_size_limit():
     for it in items:
         it.future.set_running_or_notify_cancel()
     out = d._encode(items)
-    assert sum(len(batch) for batch, _ in out) == 12
+    assert sum(len(batch) for batch, _, _ in out) == 12
     assert len(out) > 1
-    for batch, body in out:
+    for batch, body, _ in out:
         assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT
         msg = protocol.decode(body)
         assert len(msg.fns) == 1 and [t.task_id for t in msg.tasks] == [b.task_id for b, _ in batch]
@@ -221,7 +221,7 @@ def test_dispatcher_sends_a_buffer_its_tasks_share_once_per_message():
     chunk = np.random.default_rng(0).random((50, 50))  # 20 KB, as a dask chunk
     own = [np.full((40, 40), float(i)) for i in range(9)]
     items = [_array_item(i, chunk, own[i]) for i in range(9)]
-    (batch, body), = d._encode(items)  # nine 33 KB tasks share one message: 20 KB is sent once
+    (batch, body, _), = d._encode(items)  # nine 33 KB tasks share one message: 20 KB is sent once
     assert len(body.encode()) < 9 * 4 / 3 * own[0].nbytes + 4 / 3 * chunk.nbytes + 4096
     msg = protocol.decode(body)
     assert set(msg.bufs) == {items[0].buffer_order[0], *(it.buffer_order[1] for it in items)}
@@ -237,7 +237,7 @@ def test_dispatcher_sends_a_buffer_its_tasks_share_once_per_message():
     items = [_array_item(i, chunk, own[i]) for i in range(3)]
     out = d._encode(items)
     assert store.puts == [f"blobs/{items[0].buffer_order[0]}-1"]
-    for _, body in out:
+    for _, body, _ in out:
         msg = protocol.decode(body)
         assert items[0].buffer_order[0] in msg.refs and items[0].buffer_order[0] not in msg.bufs
         assert all(it.buffer_order[1] in msg.bufs for it, _ in out[0][0])
@@ -253,9 +253,9 @@ def test_dispatcher_never_packs_past_the_message_limit_with_buffers():
     items = [_array_item(i, rng.random(20_000), rng.random(20_000), args_pad=30_000)
              for i in range(12)]  # 320 KB of buffers and 30 KB of arguments each: two a message
     out = d._encode(items)
-    assert sum(len(batch) for batch, _ in out) == 12 and store.puts == []
+    assert sum(len(batch) for batch, _, _ in out) == 12 and store.puts == []
     assert len(out) == 6
-    for _, body in out:
+    for _, body, _ in out:
         assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT
 
 
@@ -266,7 +266,7 @@ def test_a_task_at_the_largest_inline_limit_fits_one_message():
     d = TaskDispatcher(table, queue=None, store=_RecordingStore(), session="s" * 36,
                        inline_limit=MAX_INLINE_LIMIT, on_broken=pytest.fail)
     it = item(0, fn=b"f" * MAX_INLINE_LIMIT, args=b"a" * MAX_INLINE_LIMIT)
-    ((batch, body),) = d._encode([it])
+    ((batch, body, _),) = d._encode([it])
     assert len(batch) == 1 and d.store.puts == []
     assert len(body.encode()) <= protocol.MESSAGE_BODY_LIMIT < protocol.SQS_MESSAGE_LIMIT
 

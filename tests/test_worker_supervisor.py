@@ -345,6 +345,58 @@ def test_a_task_whose_buffer_or_callable_is_missing_fails_alone_with_a_protocol_
     assert tasks.deleted == ["r1"]
 
 
+def _with_receipt(msg: TaskMessage, receipt: str) -> Received:
+    return Received(msg.encode(), receipt, f"m-{receipt}", 1, {})
+
+
+def test_a_buffer_named_as_held_is_taken_from_an_earlier_message_and_a_lacking_one_is_asked_for(
+        worker):  # fmt: skip
+    np = pytest.importorskip("numpy")
+    import taskfuncs as tf
+
+    shared, unseen = np.arange(1000.0), np.ones(1000)
+    first = protocol.decode(array_message((tf.bump_and_sum, shared, 1)).body)
+    key = first.tasks[0].buffers[0]
+    # A later message names the buffer instead of carrying it; a third names one this worker
+    # never received (beside a task that needs nothing held: it runs).
+    later = protocol.decode(array_message((tf.bump_and_sum, shared, 2)).body)
+    later.bufs, later.held = {}, [key]
+    later.tasks[0].task_id = "1"
+    lacking = protocol.decode(array_message((tf.bump_and_sum, unseen, 3),
+                                            (tf.bump_and_sum, shared, 4)).body)
+    lost = lacking.tasks[0].buffers[0]
+    lacking.bufs.pop(lost)
+    lacking.held = [lost]
+    lacking.tasks[0].task_id, lacking.tasks[1].task_id = "2", "3"
+    code, sup, tasks, results, _ = worker([_with_receipt(first, "r1"), _with_receipt(later, "r2"),
+                                           _with_receipt(lacking, "r3")],
+                                          buffer_cache_bytes=1 << 20)
+    entries = {e.task_id: e for m in results.decoded() if isinstance(m, ResultMessage)
+               for e in m.results}
+    assert loads(entries["0"].data, "r") == shared.sum() + 1000
+    assert loads(entries["1"].data, "r") == shared.sum() + 2000  # from the first message
+    assert loads(entries["3"].data, "r") == shared.sum() + 4000
+    missing = entries["2"]  # not run, not failed: the client sends it again whole
+    assert missing.missing == [lost] and not missing.ok and not missing.data
+    assert sup.tasks_run == 3 and sorted(tasks.deleted) == ["r1", "r2", "r3"]
+
+
+def test_without_a_buffer_cache_every_held_buffer_is_missing(worker):
+    np = pytest.importorskip("numpy")
+    import taskfuncs as tf
+
+    shared = np.arange(1000.0)
+    first = protocol.decode(array_message((tf.bump_and_sum, shared, 1)).body)
+    later = protocol.decode(array_message((tf.bump_and_sum, shared, 2)).body)
+    later.held, later.bufs = list(later.bufs), {}
+    later.tasks[0].task_id = "1"
+    _, _, _, results, _ = worker([_with_receipt(first, "r1"), _with_receipt(later, "r2")],
+                                 buffer_cache_bytes=0)
+    entries = {e.task_id: e for m in results.decoded() if isinstance(m, ResultMessage)
+               for e in m.results}
+    assert entries["0"].ok and entries["1"].missing == later.held
+
+
 def test_another_protocol_version_is_reported_and_dead_lettered_unexecuted(worker, tmp_path):
     good = message(call(wf.record, "x", str(tmp_path)))
     old = good.body.replace(f'"v":{protocol.PROTOCOL_VERSION}', '"v":1')

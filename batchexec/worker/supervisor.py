@@ -58,6 +58,7 @@ from ..protocol import ResultEntry, TaskEntry, TaskMessage, WorkerEvent
 from ..serialization import digest as content_digest
 from ..serialization import dumps_exception
 from ..transport import MessageQueue, PayloadStore, QueueGone, Received, TransportError
+from .buffer_cache import BufferCache
 from .capture import OutputCapture
 from .heartbeat import Heartbeat
 from .outbox import Outbox
@@ -127,6 +128,14 @@ class InitializerFailed(Exception):
         self.error = error
 
 
+class BuffersMissing(Exception):
+    """A task names buffers its message lists as held, and this worker does not hold them."""
+
+    def __init__(self, digests: list[str]):
+        super().__init__(digests)
+        self.digests = digests
+
+
 class Supervisor:
     def __init__(self, settings: SessionSettings, worker_id: str, tasks: MessageQueue,
                  results: MessageQueue, dead_letters: MessageQueue,
@@ -151,6 +160,7 @@ class Supervisor:
         self._init_blobs: tuple[bytes, bytes] | None = None
         self._seq = 0  # numbers the tasks sent to runners (boundary marks name them)
         self._downloads: dict[str, bytes] = {}  # content-addressed S3 objects, oldest first
+        self._held = BufferCache(settings.buffer_cache_bytes)  # what messages' "held" name
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -292,6 +302,7 @@ class Supervisor:
             self._dead_letter(message)
             return
 
+        self._held.keep(msg.bufs)
         charged = attempts - 1  # attempts of these tasks that ended before this delivery
         self.heartbeat.hold(message.receipt, received_at)
         try:
@@ -348,6 +359,14 @@ class Supervisor:
                 if task.payload is None:
                     try:
                         task.payload = self._payload(msg, task.entry)
+                    except BuffersMissing as exc:
+                        waiting.popleft()
+                        log.info("task %s names %d buffer(s) this worker does not hold: "
+                                 "asking the client to send it again with them",
+                                 task.entry.task_id, len(exc.digests))
+                        self.outbox.add_result(ResultEntry(task.entry.task_id, False,
+                                                           missing=exc.digests))
+                        continue
                     except (TransportError, protocol.ProtocolError) as exc:
                         waiting.popleft()
                         self.outbox.add_result(self._result(task.entry.task_id, False,
@@ -453,7 +472,17 @@ class Supervisor:
         else:
             args_bytes = entry.args or b""
         blobs = {key: self._carried(msg, {}, entry, "buffer", key) for key in entry.blobs}
-        buffers = [self._carried(msg, msg.bufs, entry, "buffer", key) for key in entry.buffers]
+        buffers = []
+        missing = []
+        for key in entry.buffers:
+            if key in msg.bufs or key in msg.refs or key not in msg.held:
+                buffers.append(self._carried(msg, msg.bufs, entry, "buffer", key))
+            elif (data := self._held.get(key)) is not None:
+                buffers.append(data)
+            elif key not in missing:
+                missing.append(key)
+        if missing:
+            raise BuffersMissing(missing)
         return entry.fn, fn_bytes, args_bytes, blobs, buffers
 
     def _carried(self, msg: TaskMessage, inline: dict[str, bytes], entry: TaskEntry, what: str,
