@@ -12,7 +12,9 @@ in every other round), both warm:
 - a dask.array map_overlap graph (a 3 x 3 box filter, depth 1, reflect boundary) over a
   `--array-size` square float64 array in `--chunk` square chunks (1,024 chunks of 20 KB by
   default, so they travel inline; dask makes about 15 tasks of each chunk: creation, halo
-  slices, concatenation, filter, trim, partial sums), reduced with .sum();
+  slices, concatenation, filter, trim, partial sums), reduced with .sum(), on new random
+  data each round (the same on both executors): workers keep the arrays they received, and a
+  graph run again on the same data would find them there;
                                                            target: no slower than the pool
   (and the ratio within each round: its spread shows how far one comparison can be trusted
   on a shared machine);
@@ -95,10 +97,12 @@ def delayed_graph(leaves: int):
     return level[0], leaves * (leaves + 1) // 2
 
 
-def overlap_graph(size: int, chunk: int):
+def overlap_graph(size: int, chunk: int, seed: int = 0):
+    """Fresh data for each seed: workers keep the arrays they received (buffer_cache_bytes),
+    so a graph run again on the same data would find them there, which no new job does."""
     import dask.array as da
 
-    x = da.random.RandomState(0).random_sample((size, size), chunks=(chunk, chunk))
+    x = da.random.RandomState(seed).random_sample((size, size), chunks=(chunk, chunk))
     return x.map_overlap(smooth, depth=1, boundary="reflect").sum()
 
 
@@ -132,11 +136,11 @@ def chunk_sweep(executors: dict, size: int, chunks: list[int], rounds: int) -> l
     (round-robin over ``rounds``, medians), each result checked against dask's own."""
     rows = []
     for chunk in chunks:
-        graph = overlap_graph(size, chunk)
-        tasks, expected = graph_tasks(graph)
         seconds: dict[str, list[float]] = {name: [] for name in executors}
         order = list(executors.items())
         for i in range(rounds):
+            graph = overlap_graph(size, chunk, seed=1000 + i)  # new data each round
+            tasks, expected = graph_tasks(graph)
             for name, ex in order if i % 2 == 0 else order[::-1]:
                 t, value = timed_compute(graph, ex)
                 assert abs(value - expected) <= 1e-9 * abs(expected), (name, chunk, value)
@@ -370,10 +374,9 @@ def main() -> None:
         os.environ.pop(var, None)
 
     delayed, delayed_expected = delayed_graph(args.leaves)
-    overlap = overlap_graph(args.array_size, args.chunk)
     delayed_tasks, value = graph_tasks(delayed)
     assert value == delayed_expected, value
-    overlap_tasks, overlap_expected = graph_tasks(overlap)
+    overlap_tasks, _ = graph_tasks(overlap_graph(args.array_size, args.chunk))
     sizes = {"delayed_tasks": delayed_tasks, "overlap_tasks": overlap_tasks,
              "overlap_chunks": (args.array_size // args.chunk) ** 2}
 
@@ -396,6 +399,9 @@ def main() -> None:
             # a minute (another tenant, a cache) falls on both alike.
             order = list(executors.items())
             for i in range(args.rounds):
+                # The same data on both executors in a round, new data each round.
+                overlap = overlap_graph(args.array_size, args.chunk, seed=i + 1)
+                _, overlap_expected = graph_tasks(overlap)
                 for name, ex in order if i % 2 == 0 else order[::-1]:
                     control.reset_requests()
                     t, value = timed_compute(delayed, ex)
