@@ -241,3 +241,24 @@ def test_an_array_passed_again_later_is_named_and_results_are_right(make_executo
     off = make_executor(2, buffer_cache_bytes=0)  # off: right results, nothing named
     rounds(off, 2)
     assert off._threads[0].held.window == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_replacement_worker_that_lacks_a_named_array_gets_the_task_again_whole(
+        make_executor, tmp_path, caplog):  # fmt: skip
+    """The worker that received the array dies; the client names the array before it has
+    heard from the replacement, which answers "missing"; the task is sent again whole."""
+    np = pytest.importorskip("numpy")
+    import taskfuncs as tf
+
+    caplog.set_level(logging.DEBUG, logger="batchexec.collector")
+    ex = make_executor(1, visibility_timeout=2)
+    chunk = np.random.default_rng(3).random((50, 50))
+    assert ex.submit(tf.bump_and_sum, chunk, 0).result(timeout=60) == pytest.approx(chunk.sum())
+    killer = ex.submit(tf.kill_worker_once, str(tmp_path / "killed"))
+    after = [ex.submit(tf.bump_and_sum, chunk, i) for i in range(1, 4)]  # named: the only
+    assert killer.result(timeout=120) != ""  # worker the client knows received it
+    assert [f.result(timeout=120) for f in after] == pytest.approx(
+        [chunk.sum() + i * chunk.size for i in range(1, 4)])
+    asked = [r for r in caplog.records if "does not hold" in r.getMessage()]
+    assert asked, "the replacement worker was never asked for the array it lacked"
