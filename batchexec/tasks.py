@@ -323,8 +323,9 @@ class TaskTable:
             return record
 
     def _message_done(self, message: int) -> int:
-        """One task of a message has left it; returns the message's credit when it was the
-        last. Returns how many tasks of it are left."""
+        """One task of a message has left it (resolved, or put back to be sent again); the
+        message's credit comes back with its last task. Returns how many of its tasks are
+        left."""
         left = self._messages[message] - 1
         if left:
             self._messages[message] = left
