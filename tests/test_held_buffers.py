@@ -97,6 +97,8 @@ def test_the_worker_cache_drops_the_least_recently_used_past_its_budget():
     cache.keep({"d": b"d" * KB, "a": b"a" * KB})  # "a" again costs nothing
     assert cache.get("b") is None and len(cache) == 3 and cache.size == 3 * KB
     assert cache.get("c") and cache.get("d") and cache.get("a")
+    cache.keep({"big": b"x" * 5 * KB})  # alone over the budget: the newest stays
+    assert cache.get("big") and len(cache) == 1 and cache.get("a") is None
     off = BufferCache(capacity=0)
     off.keep({"a": b"a"})
     assert off.get("a") is None and len(off) == 0

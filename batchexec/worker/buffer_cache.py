@@ -1,5 +1,8 @@
-"""The out-of-band buffers a worker has received, kept a while so the client need not resend
-them.
+"""Bytes a worker keeps by digest, least recently used dropped first, up to a byte budget.
+
+The supervisor keeps two such caches: the content-addressed S3 objects it downloaded (a map's
+large callable, large buffers: downloaded once per worker), and the out-of-band buffers of
+the task messages it received, kept a while so the client need not resend them (below).
 
 dask hands one chunk to every task that reads it, and those tasks become ready at different
 times: a map_overlap over 1,024 chunks sent each chunk in five messages on average, four
@@ -23,8 +26,9 @@ class BufferCache:
         self._buffers: OrderedDict[str, bytes] = OrderedDict()
 
     def keep(self, buffers: dict[str, bytes]) -> None:
-        """Remember a received message's inline buffers (digest -> raw bytes); the least
-        recently used go when the budget is exceeded."""
+        """Remember these (digest -> bytes); the least recently used go when the budget is
+        exceeded, but the newest stays even alone over it (a large callable is still
+        downloaded once). A budget of 0 keeps nothing."""
         if self.capacity <= 0:
             return
         for digest, data in buffers.items():
@@ -33,7 +37,7 @@ class BufferCache:
                 continue
             self._buffers[digest] = data
             self.size += len(data)
-        while self.size > self.capacity and self._buffers:
+        while self.size > self.capacity and len(self._buffers) > 1:
             _, data = self._buffers.popitem(last=False)
             self.size -= len(data)
 

@@ -159,7 +159,7 @@ class Supervisor:
         self.runners_started = 0
         self._init_blobs: tuple[bytes, bytes] | None = None
         self._seq = 0  # numbers the tasks sent to runners (boundary marks name them)
-        self._downloads: dict[str, bytes] = {}  # content-addressed S3 objects, oldest first
+        self._downloads = BufferCache(DOWNLOAD_CACHE_BYTES)  # content-addressed S3 objects
         self._held = BufferCache(settings.buffer_cache_bytes)  # what messages' "held" name
 
     # -- life cycle ------------------------------------------------------------------------
@@ -505,10 +505,7 @@ class Supervisor:
                     f"s3 object {key} does not match its digest {digest}: it was changed "
                     f"after the client uploaded it; the task is not run"
                 )
-            self._downloads[digest] = data
-            while sum(len(v) for v in self._downloads.values()) > DOWNLOAD_CACHE_BYTES and (
-                    len(self._downloads) > 1):
-                self._downloads.pop(next(iter(self._downloads)))
+            self._downloads.keep({digest: data})
         return data
 
     def _result(self, task_id: str, ok: bool, data: bytes, seconds: float) -> ResultEntry:
