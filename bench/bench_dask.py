@@ -376,9 +376,7 @@ def main() -> None:
     delayed, delayed_expected = delayed_graph(args.leaves)
     delayed_tasks, value = graph_tasks(delayed)
     assert value == delayed_expected, value
-    overlap_tasks, _ = graph_tasks(overlap_graph(args.array_size, args.chunk))
-    sizes = {"delayed_tasks": delayed_tasks, "overlap_tasks": overlap_tasks,
-             "overlap_chunks": (args.array_size // args.chunk) ** 2}
+    sizes = {"delayed_tasks": delayed_tasks, "overlap_chunks": (args.array_size // args.chunk) ** 2}
 
     times: dict[str, dict[str, list[float]]] = {
         name: {"delayed": [], "overlap": [], "latency": []} for name in ("batch", "process")
@@ -401,7 +399,7 @@ def main() -> None:
             for i in range(args.rounds):
                 # The same data on both executors in a round, new data each round.
                 overlap = overlap_graph(args.array_size, args.chunk, seed=i + 1)
-                _, overlap_expected = graph_tasks(overlap)
+                sizes["overlap_tasks"], overlap_expected = graph_tasks(overlap)
                 for name, ex in order if i % 2 == 0 else order[::-1]:
                     control.reset_requests()
                     t, value = timed_compute(delayed, ex)
