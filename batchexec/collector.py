@@ -200,6 +200,8 @@ class ResultCollector(QueuePoller):
                           else WorkersUnavailableError)
             self.on_broken(error_type(f"worker {msg.worker} cannot serve this client: {detail}"))
         else:
+            if msg.event == WorkerEvent.STARTED:
+                self.held.started(msg.worker)  # it holds no buffer yet
             log.debug("worker %s: %s", msg.worker, msg.event)
 
     def _resolve(self, entry: ResultEntry, worker: str) -> None:

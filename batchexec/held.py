@@ -5,8 +5,9 @@ buffer_cache.py, ``buffer_cache_bytes`` each). The client cannot choose which wo
 a message (they share one queue), so it names a buffer instead of sending it only when every
 worker it has heard from lately received it, recently enough that none has dropped it:
 
-- it learns who received a message from the results: the first result of a message names
-  its worker, and that worker then holds the message's inline buffers;
+- it learns which workers there are from their "started" events (sent before a worker takes
+  its first message), and who received a message from the results: the first result of a
+  message names its worker, and that worker then holds the message's inline buffers;
 - "recently" is a window of inline buffer bytes sent since: a worker's cache takes in only
   buffers of messages it receives, a subset of what the client sent, so while the client has
   sent less than the cache holds since the buffer's last inline send, a worker that received
@@ -76,22 +77,31 @@ class HeldBuffers:
                 del self._position[digest]
                 self._holders.pop(digest, None)
 
+    def started(self, worker: str) -> None:
+        """A worker announced itself: it holds nothing yet, and must before a buffer is named."""
+        if self.window <= 0:
+            return
+        with self._lock:
+            self._heard_from(worker)
+
     def delivered(self, message: int, worker: str) -> None:
         """A worker answered a task of this message: it received the message's buffers."""
         if self.window <= 0:
             return
-        now = self._clock()
         with self._lock:
-            if worker not in self._workers or now - self._workers[worker] > 1.0:
-                self._workers[worker] = now
-                silent = [w for w, t in self._workers.items()
-                          if now - t > WORKER_SILENCE_SECONDS]  # fmt: skip
-                for w in silent:
-                    del self._workers[w]
+            self._heard_from(worker)
             for digest in self._unreported.pop(message, ()):
                 holders = self._holders.get(digest)
                 if holders is not None:
                     holders.add(worker)
+
+    def _heard_from(self, worker: str) -> None:
+        now = self._clock()
+        if worker not in self._workers or now - self._workers[worker] > 1.0:
+            self._workers[worker] = now
+            silent = [w for w, t in self._workers.items() if now - t > WORKER_SILENCE_SECONDS]
+            for w in silent:
+                del self._workers[w]
 
     def forget(self, message: int) -> None:
         """A message no worker will report on (its send failed)."""
